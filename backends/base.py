@@ -1,0 +1,141 @@
+"""The Backend protocol, its registry, and the timing procedure every backend shares.
+
+Timing on a shared CPU is noisy: models are warmed up, timed many times in interleaved rounds (so slow
+phases of the machine hit every model alike), and summarized by robust statistics (median and the 10th
+percentile) with their spread. Comparisons are made as ratios measured in one run.
+"""
+
+from __future__ import annotations
+
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bitnas.errors import MissingDependencyError, UnsupportedBackendError
+from bitnas.fingerprint import device_fingerprint
+
+Runner = Callable[[Mapping[str, np.ndarray]], list[np.ndarray]]
+
+
+@dataclass(frozen=True)
+class Measurement:
+    """Latency summary in milliseconds over ``n`` timed runs."""
+
+    median_ms: float
+    p10_ms: float
+    mean_ms: float
+    iqr_ms: float
+    n: int
+
+    @staticmethod
+    def from_samples(samples_s: np.ndarray) -> Measurement:
+        ms = np.asarray(samples_s, dtype=np.float64) * 1e3
+        q10, q25, q50, q75 = np.percentile(ms, [10, 25, 50, 75])
+        return Measurement(float(q50), float(q10), float(ms.mean()), float(q75 - q25), int(ms.size))
+
+    def stat(self, name: str) -> float:
+        return {"median": self.median_ms, "p10": self.p10_ms, "mean": self.mean_ms}[name]
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def interleaved_timing(
+    runners: Mapping[str, Callable[[], Any]],
+    warmup: int = 10,
+    repeats: int = 100,
+    rounds: int = 5,
+    progress: Callable[[int, int], None] | None = None,
+) -> dict[str, Measurement]:
+    """Time each zero-argument callable ``repeats`` times, split into ``rounds`` interleaved passes."""
+    names = list(runners)
+    for name in names:
+        for _ in range(warmup):
+            runners[name]()
+    samples: dict[str, list[float]] = {n: [] for n in names}
+    per_round = [repeats // rounds + (1 if r < repeats % rounds else 0) for r in range(rounds)]
+    clock = time.perf_counter
+    done = 0
+    for r, count in enumerate(per_round):
+        order = names if r % 2 == 0 else names[::-1]
+        for name in order:
+            fn = runners[name]
+            buf = samples[name]
+            for _ in range(count):
+                t0 = clock()
+                fn()
+                buf.append(clock() - t0)
+            done += 1
+            if progress is not None:
+                progress(done, len(names) * rounds)
+    return {n: Measurement.from_samples(np.array(samples[n])) for n in names}
+
+
+class Backend(ABC):
+    """One target runtime. Subclasses implement ``_available`` and ``compile``; the rest is shared."""
+
+    name: str = ""
+    package: str = ""  # the pip package that provides the runtime
+
+    def __init__(self, threads: int = 1):
+        self.threads = threads
+
+    @classmethod
+    @abstractmethod
+    def _available(cls) -> bool: ...
+
+    @classmethod
+    def available(cls) -> bool:
+        try:
+            return cls._available()
+        except ImportError:
+            return False
+
+    def require(self) -> None:
+        if not self.available():
+            raise MissingDependencyError(self.package, f"the '{self.name}' backend")
+
+    def fingerprint(self) -> dict[str, Any]:
+        fp = device_fingerprint(self.threads)
+        fp["backend"] = self.name
+        return fp
+
+    @abstractmethod
+    def compile(self, onnx_path: str | Path) -> Runner:
+        """Load ``onnx_path`` into the runtime; the returned callable maps input arrays to outputs."""
+
+    def run(self, onnx_path: str | Path, inputs: Mapping[str, np.ndarray]) -> list[np.ndarray]:
+        return self.compile(onnx_path)(inputs)
+
+    def measure(self, onnx_path: str | Path, inputs: Mapping[str, np.ndarray], warmup: int = 10,
+                repeats: int = 100, rounds: int = 5) -> Measurement:
+        runner = self.compile(onnx_path)
+        return interleaved_timing({"m": lambda: runner(inputs)}, warmup, repeats, rounds)["m"]
+
+
+_REGISTRY: dict[str, type[Backend]] = {}
+
+
+def register(cls: type[Backend]) -> type[Backend]:
+    _REGISTRY[cls.name] = cls
+    return cls
+
+
+def backend_names() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+def get_backend(name: str, threads: int = 1) -> Backend:
+    """An available backend by name; unknown names and missing runtimes raise clear errors."""
+    try:
+        cls = _REGISTRY[name]
+    except KeyError:
+        raise UnsupportedBackendError(f"unknown backend '{name}' (known: {', '.join(backend_names())})") from None
+    backend = cls(threads=threads)
+    backend.require()
+    return backend

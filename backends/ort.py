@@ -1,0 +1,57 @@
+"""ONNX Runtime on the CPU."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+
+import numpy as np
+
+from bitnas.backends.base import Backend, Runner, register
+from bitnas.errors import ArtifactError
+from bitnas.onnxio import load_onnx
+
+
+@register
+class OrtBackend(Backend):
+    name = "ort"
+    package = "onnxruntime"
+
+    @classmethod
+    def _available(cls) -> bool:
+        import onnxruntime  # noqa: F401
+
+        return True
+
+    def fingerprint(self):
+        import onnxruntime as ort
+
+        fp = super().fingerprint()
+        fp["providers"] = ["CPUExecutionProvider"]
+        fp["runtime_version"] = ort.__version__
+        return fp
+
+    def session_options(self):
+        import onnxruntime as ort
+
+        so = ort.SessionOptions()
+        so.intra_op_num_threads = self.threads
+        so.inter_op_num_threads = 1
+        so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        so.log_severity_level = 3
+        return so
+
+    def compile(self, onnx_path: str | Path) -> Runner:
+        import onnxruntime as ort
+
+        load_onnx(onnx_path, check=False)
+        try:
+            sess = ort.InferenceSession(str(onnx_path), self.session_options(), providers=["CPUExecutionProvider"])
+        except Exception as exc:  # noqa: BLE001
+            raise ArtifactError(f"{onnx_path}: ONNX Runtime cannot load the model: {exc}") from None
+
+        def run(inputs: Mapping[str, np.ndarray]) -> list[np.ndarray]:
+            return sess.run(None, dict(inputs))
+
+        return run

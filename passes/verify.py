@@ -1,0 +1,77 @@
+"""Verify: run the artifact on each runtime, check parity and accuracy, time it against its FP32 export."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from pydantic import Field
+
+from bitnas.backends import get_backend, interleaved_timing
+from bitnas.config import StrictModel
+from bitnas.passes.export_onnx import INPUT_NAME, OnnxModel
+from bitnas.pipeline import Pass, PassContext
+
+
+def _logits(runner, x: np.ndarray, batch: int = 256) -> np.ndarray:
+    return np.concatenate([runner({INPUT_NAME: x[i:i + batch]})[0] for i in range(0, len(x), batch)])
+
+
+class Verify(Pass):
+    """Accuracy on the val split and top-1 parity on every runtime; latency as a ratio to FP32, one run."""
+
+    class Config(StrictModel):
+        backends: tuple[Literal["ort", "openvino"], ...] = Field(("ort", "openvino"), description="runtimes to run")
+        threads: int = Field(1, ge=1, description="intra-op threads while timing")
+        warmup: int = Field(20, ge=0, description="untimed runs per model")
+        repeats: int = Field(300, ge=10, description="timed runs per model (batch 1)")
+        rounds: int = Field(10, ge=1, description="interleaved rounds the repeats are split into")
+        statistic: Literal["p10", "median"] = Field("p10", description="latency statistic reported")
+
+    def run(self, model: OnnxModel, ctx: PassContext) -> OnnxModel:
+        data = ctx.need("data", self.name)
+        reference = ctx.inputs.get("reference_net")
+        ref_logits = None
+        if reference is not None:
+            with torch.no_grad():
+                ref_logits = reference(torch.from_numpy(data.x_val)).numpy()
+        feed = {INPUT_NAME: data.x_val[:1]}
+        measured: dict[str, Any] = {}
+        preds: dict[str, np.ndarray] = {}
+        for name in self.config.backends:
+            backend = get_backend(name, threads=self.config.threads)
+            q = backend.compile(model.path)
+            f = backend.compile(model.float_path)
+            lq, lf = _logits(q, data.x_val), _logits(f, data.x_val)
+            preds[name] = lq.argmax(1)
+            timing = interleaved_timing({"q": lambda q=q: q(feed), "f": lambda f=f: f(feed)},
+                                        self.config.warmup, self.config.repeats, self.config.rounds)
+            tq, tf = timing["q"].stat(self.config.statistic), timing["f"].stat(self.config.statistic)
+            entry: dict[str, Any] = {
+                "accuracy": float((preds[name] == data.y_val).mean()),
+                "accuracy_fp32": float((lf.argmax(1) == data.y_val).mean()),
+                "latency_ms": tq,
+                "latency_ms_fp32": tf,
+                "latency_ratio_to_fp32": tq / tf,
+                "latency_ms_median": timing["q"].median_ms,
+                "latency_ms_fp32_median": timing["f"].median_ms,
+                "latency_iqr_ms": timing["q"].iqr_ms,
+                "statistic": self.config.statistic,
+                "timed_runs": self.config.repeats,
+                "threads": self.config.threads,
+                "batch": 1,
+            }
+            if ref_logits is not None:
+                entry["top1_agreement_vs_fakequant"] = float((preds[name] == ref_logits.argmax(1)).mean())
+                entry["max_abs_logit_error_vs_fakequant"] = float(np.abs(lq - ref_logits).max())
+            measured[name] = entry
+        names = list(preds)
+        if len(names) > 1:
+            base = preds[names[0]]
+            measured["top1_agreement"] = {f"{names[0]}~{n}": float((base == preds[n]).mean()) for n in names[1:]}
+        primary = measured[names[0]]
+        measured.update({k: primary[k] for k in ("latency_ms", "latency_ms_fp32", "accuracy", "accuracy_fp32")})
+        measured["primary_backend"] = names[0]
+        ctx.results["measured"] = measured
+        return model

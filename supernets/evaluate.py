@@ -1,0 +1,48 @@
+"""Evaluating sub-networks: BN recalibration, float and simulated-quantization accuracy."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import numpy as np
+import torch
+
+from bitnas.space import Bits, Candidate
+from bitnas.supernets.data import Dataset
+from bitnas.supernets.static import StaticNet, quantize_net, recalibrate_bn
+
+
+def calibration_batches(data: Dataset, n_batches: int, batch_size: int = 64, seed: int = 0) -> list[torch.Tensor]:
+    """A fixed list of training batches (used for BN recalibration and activation ranges)."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for i, (x, _) in enumerate(data.batches("train", batch_size, rng)):
+        if i >= n_batches:
+            break
+        out.append(x)
+    return out
+
+
+def prepare_subnet(supernet, candidate: Candidate, calib: list[torch.Tensor]) -> StaticNet:
+    """Extract the candidate's static subnet and recalibrate its BatchNorm statistics."""
+    return recalibrate_bn(supernet.extract(candidate), calib)
+
+
+@torch.no_grad()
+def accuracy(net: torch.nn.Module, data: Dataset, batch_size: int = 512) -> float:
+    net.eval()
+    correct = 0
+    for x, y in data.batches("val", batch_size):
+        correct += int((net(x).argmax(1) == y).sum())
+    return correct / len(data.y_val)
+
+
+@torch.no_grad()
+def predictions(net: torch.nn.Module, data: Dataset, batch_size: int = 512) -> np.ndarray:
+    net.eval()
+    return np.concatenate([net(x).argmax(1).numpy() for x, _ in data.batches("val", batch_size)])
+
+
+def quantized_accuracy(static: StaticNet, policy: Mapping[str, Bits], calib: list[torch.Tensor], data: Dataset,
+                       reduce_range: bool = False) -> float:
+    return accuracy(quantize_net(static, policy, calib, reduce_range), data)

@@ -1,0 +1,173 @@
+"""Static sub-network modules: what ``extract`` returns, what exports to ONNX and what gets quantized."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterable, Mapping
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from bitnas.space import Bits
+from bitnas.supernets.quant import ActQuant, fake_quant_bias, fake_quant_weight, set_calibrating, weight_scale
+
+_ACTS = {"relu6": lambda x: F.relu6(x), "relu": F.relu, "none": lambda x: x}
+
+
+class QuantUnit(nn.Module):
+    """A quantizable layer: conv (+BN, +activation) or pool+linear, with optional simulated quantization."""
+
+    def __init__(self, layer_name: str, act: str = "none"):
+        super().__init__()
+        self.layer_name = layer_name
+        self.act = act
+        self.w_bits = 32
+        self.a_bits = 32
+        self.reduce_range = False
+        self.in_q: ActQuant | None = None
+        self.out_q: ActQuant | None = None
+
+    def set_bits(self, bits: Bits, reduce_range: bool = False) -> None:
+        self.w_bits, self.a_bits = int(bits[0]), int(bits[1])
+        self.reduce_range = reduce_range
+        quantized = self.w_bits < 32
+        self.in_q = ActQuant(self.a_bits) if quantized else None
+        self.out_q = ActQuant(self.a_bits) if quantized else None
+
+    def _q_in(self, x: torch.Tensor) -> torch.Tensor:
+        return self.in_q(x) if self.in_q is not None else x
+
+    def _q_out(self, x: torch.Tensor) -> torch.Tensor:
+        return self.out_q(x) if self.out_q is not None else x
+
+    def _quantizing(self) -> bool:
+        # activation ranges are calibrated on the float model, as the static quantizer does
+        return self.in_q is not None and not self.in_q.calibrating
+
+    def _weight(self, w: torch.Tensor) -> torch.Tensor:
+        return fake_quant_weight(w, self.w_bits, self.reduce_range) if self._quantizing() else w
+
+    def _bias(self, b: torch.Tensor | None, w: torch.Tensor) -> torch.Tensor | None:
+        if b is None or not self._quantizing():
+            return b
+        return fake_quant_bias(b, self.in_q.qparams()[0], weight_scale(w, self.w_bits, self.reduce_range))
+
+
+class ConvUnit(QuantUnit):
+    """Conv2d + BatchNorm2d (or a folded bias) + activation."""
+
+    def __init__(self, layer_name: str, conv: nn.Conv2d, bn: nn.BatchNorm2d | None, act: str):
+        super().__init__(layer_name, act)
+        self.conv = conv
+        self.bn = bn
+
+    def fold_bn(self) -> None:
+        """Fold the BatchNorm into the conv's weight and bias (eval-mode statistics)."""
+        if self.bn is None:
+            return
+        bn, conv = self.bn, self.conv
+        std = torch.sqrt(bn.running_var + bn.eps)
+        gamma = bn.weight / std
+        new = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
+                        groups=conv.groups, bias=True)
+        with torch.no_grad():
+            new.weight.copy_(conv.weight * gamma.reshape(-1, 1, 1, 1))
+            bias = conv.bias if conv.bias is not None else torch.zeros_like(bn.running_mean)
+            new.bias.copy_((bias - bn.running_mean) * gamma + bn.bias)
+        self.conv, self.bn = new, None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self._q_in(x)
+        c = self.conv
+        y = F.conv2d(x, self._weight(c.weight), self._bias(c.bias, c.weight), c.stride, c.padding, c.dilation,
+                     c.groups)
+        if self.bn is not None:
+            y = self.bn(y)
+        # the quantizer fuses a following ReLU/Clip: the conv output is quantized with the range of the
+        # activation's output, which clamps exactly as the activation does
+        return self._q_out(_ACTS[self.act](y))
+
+
+class LinearUnit(QuantUnit):
+    """Global average pooling + fully connected classifier."""
+
+    def __init__(self, layer_name: str, fc: nn.Linear):
+        super().__init__(layer_name, "none")
+        self.fc = fc
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.flatten(F.adaptive_avg_pool2d(x, 1), 1)
+        x = self._q_in(x)
+        fc = self.fc
+        return self._q_out(F.linear(x, self._weight(fc.weight), self._bias(fc.bias, fc.weight)))
+
+
+class InvertedResidual(nn.Module):
+    def __init__(self, expand: ConvUnit | None, dw: ConvUnit, project: ConvUnit, residual: bool):
+        super().__init__()
+        self.expand = expand
+        self.dw = dw
+        self.project = project
+        self.residual = residual
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.expand(x) if self.expand is not None else x
+        y = self.project(self.dw(y))
+        return x + y if self.residual else y
+
+
+class StaticNet(nn.Module):
+    """A plain sequence of modules whose quantizable layers are ``QuantUnit``s named after policy genes."""
+
+    def __init__(self, body: Iterable[nn.Module]):
+        super().__init__()
+        self.body = nn.Sequential(*body)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body(x)
+
+    def units(self) -> list[QuantUnit]:
+        """Quantizable layers in forward order (the order their Conv/Gemm nodes appear in ONNX)."""
+        return [m for m in self.modules() if isinstance(m, QuantUnit)]
+
+
+def fold_bn(net: StaticNet) -> StaticNet:
+    """A copy of ``net`` with every BatchNorm folded into its conv (equal outputs in eval mode)."""
+    net = copy.deepcopy(net).eval()
+    for u in net.units():
+        if isinstance(u, ConvUnit):
+            u.fold_bn()
+    return net
+
+
+@torch.no_grad()
+def recalibrate_bn(net: nn.Module, batches: Iterable[torch.Tensor]) -> nn.Module:
+    """Re-estimate BatchNorm statistics of ``net`` in place on a few batches (cumulative average)."""
+    bns = [m for m in net.modules() if isinstance(m, nn.BatchNorm2d)]
+    if not bns:
+        return net
+    saved = [(bn.momentum,) for bn in bns]
+    for bn in bns:
+        bn.reset_running_stats()
+        bn.momentum = None
+    net.train()
+    for x in batches:
+        net(x)
+    for bn, (momentum,) in zip(bns, saved):
+        bn.momentum = momentum
+    return net.eval()
+
+
+@torch.no_grad()
+def quantize_net(net: StaticNet, policy: Mapping[str, Bits], calib: Iterable[torch.Tensor],
+                 reduce_range: bool = False) -> StaticNet:
+    """A BN-folded copy of ``net`` simulating ``policy``, activation ranges calibrated on ``calib``."""
+    q = fold_bn(net)
+    for u in q.units():
+        u.set_bits(policy.get(u.layer_name, (32, 32)), reduce_range)
+    set_calibrating(q, True)
+    for x in calib:
+        q(x)
+    set_calibrating(q, False)
+    return q.eval()

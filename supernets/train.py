@@ -1,0 +1,103 @@
+"""Supernet training with the sandwich rule and in-place distillation, checkpointed every epoch."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from bitnas.errors import UserError
+from bitnas.io import atomic_torch_save
+from bitnas.supernets.data import Dataset
+from bitnas.supernets.evaluate import accuracy, calibration_batches, prepare_subnet
+from bitnas.supernets.mbv2 import MBV2Supernet
+
+ProgressFn = Callable[[int, int, dict[str, float]], None]
+
+
+def _fingerprint(settings: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def train_supernet(
+    net: MBV2Supernet,
+    data: Dataset,
+    epochs: int,
+    batch_size: int = 64,
+    lr: float = 0.05,
+    n_random: int = 2,
+    distill: bool = True,
+    seed: int = 0,
+    checkpoint: str | Path | None = None,
+    progress: ProgressFn | None = None,
+) -> dict[str, Any]:
+    """Train in place; resume from ``checkpoint`` when it holds an unfinished run with the same settings.
+
+    Each step trains the largest subnet on the labels, then the smallest and ``n_random`` random subnets
+    on the largest one's soft predictions (in-place distillation) when ``distill`` is set.
+    """
+    settings = {"space": net.space.name, "epochs": epochs, "batch_size": batch_size, "lr": lr,
+                "n_random": n_random, "distill": distill, "seed": seed, "n_train": len(data.y_train),
+                "in_channels": data.in_channels, "image_size": data.image_size}
+    fp = _fingerprint(settings)
+    torch.manual_seed(seed)
+    opt = torch.optim.SGD(net.parameters(), lr=lr, momentum=0.9, nesterov=True, weight_decay=4e-5)
+    steps_per_epoch = math.ceil(len(data.y_train) / batch_size)
+    total = epochs * steps_per_epoch
+    start_epoch, history = 0, []
+    ckpt = Path(checkpoint) if checkpoint else None
+    if ckpt is not None and ckpt.exists():
+        try:
+            state = torch.load(ckpt, map_location="cpu", weights_only=True)
+        except Exception as exc:  # noqa: BLE001
+            raise UserError(f"{ckpt}: not a readable supernet checkpoint ({exc})") from None
+        if state.get("fingerprint") == fp:
+            net.load_state_dict(state["model"])
+            opt.load_state_dict(state["optimizer"])
+            start_epoch = int(state["epoch"])
+            history = json.loads(state["history"])
+    for epoch in range(start_epoch, epochs):
+        rng = np.random.default_rng([seed, epoch])
+        torch.manual_seed(seed * 100003 + epoch)
+        net.train()
+        losses = []
+        for i, (x, y) in enumerate(data.batches("train", batch_size, rng)):
+            step = epoch * steps_per_epoch + i
+            for g in opt.param_groups:
+                g["lr"] = 0.5 * lr * (1 + math.cos(math.pi * step / total))
+            opt.zero_grad(set_to_none=True)
+            logits = net(x, net.space.largest())
+            loss = F.cross_entropy(logits, y)
+            loss.backward()
+            soft = F.softmax(logits.detach(), dim=1)
+            subnets = [net.space.smallest()] + [net.space.sample(rng) for _ in range(n_random)]
+            for c in subnets:
+                out = net(x, c)
+                if distill:
+                    sub_loss = F.kl_div(F.log_softmax(out, 1), soft, reduction="batchmean")
+                else:
+                    sub_loss = F.cross_entropy(out, y)
+                sub_loss.backward()
+            torch.nn.utils.clip_grad_norm_(net.parameters(), 5.0)
+            opt.step()
+            losses.append(float(loss.detach()))
+        calib = calibration_batches(data, 4, batch_size, seed)
+        acc_l = accuracy(prepare_subnet(net, net.space.largest(), calib), data)
+        acc_s = accuracy(prepare_subnet(net, net.space.smallest(), calib), data)
+        history.append({"epoch": epoch + 1, "loss": float(np.mean(losses)), "acc_largest": acc_l,
+                        "acc_smallest": acc_s})
+        if ckpt is not None:
+            atomic_torch_save({"fingerprint": fp, "settings": json.dumps(settings), "model": net.state_dict(),
+                               "optimizer": opt.state_dict(), "epoch": epoch + 1,
+                               "history": json.dumps(history)}, ckpt)
+        if progress is not None:
+            progress(epoch + 1, epochs, history[-1])
+    net.eval()
+    return {"settings": settings, "fingerprint": fp, "history": history}
