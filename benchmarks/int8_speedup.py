@@ -11,7 +11,6 @@ is reported. Weights do not affect latency, so the supernet is not trained.
 from __future__ import annotations
 
 import argparse
-import json
 import tempfile
 from pathlib import Path
 
