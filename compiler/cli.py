@@ -81,9 +81,17 @@ def _cmd_verify(args: argparse.Namespace) -> int:
     return 0
 
 
+# Modules that add sub-commands: each has ``register(subparsers)`` and sets ``fn`` on its parsers.
+COMMAND_MODULES: tuple[str, ...] = ()
+
+
 def build_parser() -> argparse.ArgumentParser:
+    import importlib
+
     p = argparse.ArgumentParser(prog="bitnas", description="Hardware-aware deployment compiler for quantized networks.")
     sub = p.add_subparsers(dest="cmd", required=True)
+    for name in COMMAND_MODULES:
+        importlib.import_module(name).register(sub)
 
     d = sub.add_parser("demo", help="train, profile, search and compile on the embedded digits data")
     d.add_argument("--out", default="runs/demo", help="output folder (default runs/demo)")
