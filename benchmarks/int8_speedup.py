@@ -20,7 +20,7 @@ import torch
 from bitnas.backends import get_backend, interleaved_timing
 from bitnas.fingerprint import device_fingerprint
 from bitnas.io import atomic_write_json
-from bitnas.passes import ExportOnnx, IncStaticPtq
+from bitnas.passes import AssignBitwidths, ExportOnnx, IncStaticPtq
 from bitnas.passes.export_onnx import INPUT_NAME
 from bitnas.pipeline import PassContext
 from bitnas.supernets import build_supernet
@@ -54,7 +54,7 @@ def main() -> None:
             work.mkdir()
             ctx = PassContext(workdir=work, inputs={"data": data, "candidate": cand})
             fp32 = ExportOnnx().run(net.extract(cand), ctx)
-            int8 = IncStaticPtq().run(fp32, ctx)
+            int8 = IncStaticPtq().run(AssignBitwidths().run(fp32, ctx), ctx)
             macs = sum(s.macs for s in net.layers(cand))
             for backend_name in ("ort", "openvino"):
                 backend = get_backend(backend_name, threads=args.threads)

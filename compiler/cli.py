@@ -72,17 +72,33 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_verify(args: argparse.Namespace) -> int:
+    import numpy as np
+
     from bitnas.artifact import Artifact
-    from bitnas.onnxio import load_onnx
+    from bitnas.backends import get_backend
+    from bitnas.onnxio import input_names, load_onnx
 
     art = Artifact.load(args.artifact)
-    load_onnx(art.model_path)
-    print(f"{art.root}: checksums match, model.onnx is valid ONNX (candidate {art.manifest['candidate']['id']})")
+    model = load_onnx(art.model_path)
+    dims = [d.dim_value or 1 for d in model.graph.input[0].type.tensor_type.shape.dim]
+    x = np.random.default_rng(0).normal(size=dims).astype(np.float32)
+    outputs = {}
+    for name in args.backend:
+        (y,) = get_backend(name).compile(art.model_path)({input_names(model)[0]: x})
+        if not np.all(np.isfinite(y)):
+            raise UserError(f"{art.model_path}: {name} produced non-finite outputs")
+        outputs[name] = y
+    agree = {f"{a}~{b}": bool(np.argmax(outputs[a]) == np.argmax(outputs[b]))
+             for a in outputs for b in outputs if a < b}
+    print(f"{art.root}: checksums match, model.onnx is valid ONNX and runs on {', '.join(outputs)} "
+          f"(candidate {art.manifest['candidate']['id']}; same top-1: {agree or 'n/a'})")
     return 0
 
 
 # Modules that add sub-commands: each has ``register(subparsers)`` and sets ``fn`` on its parsers.
-COMMAND_MODULES: tuple[str, ...] = ()
+COMMAND_MODULES: tuple[str, ...] = (
+    "bitnas.cli_compile",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -116,8 +132,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--logits", action="store_true", help="print logits for any batch size")
     r.set_defaults(fn=_cmd_run)
 
-    v = sub.add_parser("verify", help="check an artifact's checksums and model")
+    v = sub.add_parser("verify", help="re-check an artifact's checksums, then run it")
     v.add_argument("artifact")
+    v.add_argument("--backend", nargs="+", default=["ort", "openvino"], help="runtimes to run it on")
     v.set_defaults(fn=_cmd_verify)
     return p
 

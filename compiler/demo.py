@@ -90,7 +90,15 @@ def run_demo(cfg: DemoConfig, out: str | Path) -> dict[str, Any]:
     import torch
 
     from bitnas.fingerprint import device_fingerprint
-    from bitnas.passes import ExportOnnx, ExtractSubnet, IncStaticPtq, Package, RecalibrateBn, Verify
+    from bitnas.passes import (
+        AssignBitwidths,
+        ExportOnnx,
+        ExtractSubnet,
+        IncStaticPtq,
+        Package,
+        RecalibrateBn,
+        Verify,
+    )
     from bitnas.passes.inc_ptq import resolve_reduce_range
     from bitnas.searchers import SEARCHERS, Objective, Study, knee_point, non_dominated, run_search
     from bitnas.supernets import build_supernet
@@ -125,6 +133,7 @@ def run_demo(cfg: DemoConfig, out: str | Path) -> dict[str, Any]:
                                                f"smallest {h['acc_smallest']:.3f}"),
         )
     atomic_write_json(out / "train.json", trained)
+    atomic_write_json(out / "run.json", {"config": cfg.model_dump(mode="json"), "target": TARGET})
 
     # 3. LUT
     reduce_range = resolve_reduce_range("auto")
@@ -186,13 +195,11 @@ def run_demo(cfg: DemoConfig, out: str | Path) -> dict[str, Any]:
 
     # 5. compile the knee point
     cand = knee.candidate
-    static = prepare_subnet(supernet, cand, calib)
-    reference = quantize_net(static, cand.policy_dict, calib, reduce_range)
-    float_acc = accuracy(static, data)
+    float_acc = accuracy(prepare_subnet(supernet, cand, calib), data)
     target_fp = device_fingerprint(cfg.compile.threads)
     ctx = PassContext(
         workdir=out / "work", target=TARGET, seed=cfg.seed,
-        inputs={"supernet": supernet, "data": data, "reference_net": reference},
+        inputs={"supernet": supernet, "data": data},
         results={
             "target": {"name": TARGET, "fingerprint": target_fp},
             "lut": {"path": str(lut_path), "fingerprint": lut.fingerprint, "statistic": lut.statistic},
@@ -205,6 +212,7 @@ def run_demo(cfg: DemoConfig, out: str | Path) -> dict[str, Any]:
         ExtractSubnet(),
         RecalibrateBn(batches=cfg.search.calib_batches),
         ExportOnnx(),
+        AssignBitwidths(),
         IncStaticPtq(calibration_batches=cfg.search.calib_batches),
         Verify(backends=cfg.compile.backends, threads=cfg.compile.threads, repeats=cfg.compile.latency_repeats),
         Package(out=str((out / "artifact").resolve())),

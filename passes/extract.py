@@ -19,8 +19,9 @@ class ExtractSubnet(Pass):
 
     def run(self, model: Candidate, ctx: PassContext) -> StaticNet:
         supernet = ctx.need("supernet", self.name)
-        ctx.inputs["candidate"] = supernet.space.validate(model)
-        return supernet.extract(model)
+        candidate = supernet.space.validate(model)
+        ctx.inputs["candidate"] = candidate
+        return supernet.extract(candidate)
 
 
 class RecalibrateBn(Pass):

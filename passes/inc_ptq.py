@@ -1,15 +1,17 @@
-"""IncStaticPtq: static post-training quantization with Intel Neural Compressor (ONNX flavour), QDQ format.
+"""Static post-training quantization to QDQ: Intel Neural Compressor (IncStaticPtq) or ONNX Runtime's
+quantizer (OrtStaticPtq), one algorithm behind both engines.
 
-Only the nodes the policy puts at 8 bits are quantized (weights per-channel symmetric INT8, activations
-per-tensor asymmetric UINT8); the rest stay float. ``reduce_range`` (7-bit weights) defaults to on when
-the CPU lacks an INT8 dot-product instruction, where u8s8 products can saturate.
+The nodes whose bits (read from the graph, see AssignBitwidths) have 8-bit activations and weights of 8
+bits or fewer are quantized: weights per-channel symmetric INT8 (SubByteWeights narrows those below 8
+bits afterwards), activations per-tensor asymmetric UINT8; float layers stay float. ``reduce_range``
+(7-bit weights) defaults to on when the CPU lacks an INT8 dot-product instruction, where u8s8 products can
+saturate.
 """
 
 from __future__ import annotations
 
-import json
 import logging
-import shutil
+from abc import abstractmethod
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Literal
@@ -22,22 +24,26 @@ from bitnas.config import StrictModel
 from bitnas.errors import InternalError, MissingDependencyError, UserError
 from bitnas.fingerprint import has_vnni
 from bitnas.io import atomic_write_bytes
+from bitnas.passes.assign_bits import layer_bits_of, set_layer_bits
 from bitnas.passes.export_onnx import INPUT_NAME, QUANT_OPS, OnnxModel
 from bitnas.pipeline import Pass, PassContext
-from bitnas.space import Bits
 from bitnas.supernets.evaluate import calibration_batches
-
-POLICY_KEY = "bitnas.layer_bits"
 
 
 def resolve_reduce_range(setting: bool | Literal["auto"]) -> bool:
     return (not has_vnni()) if setting == "auto" else bool(setting)
 
 
-def _reader(batches: Sequence[np.ndarray], input_name: str):
-    from onnx_neural_compressor import data_reader
+def _ort_enums(method: str):
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType
 
-    class _Reader(data_reader.CalibrationDataReader):
+    methods = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
+               "percentile": CalibrationMethod.Percentile}
+    return methods[method], QuantFormat, QuantType
+
+
+def _reader(base, batches: Sequence[np.ndarray], input_name: str):
+    class _Reader(base):
         def __init__(self):
             self.i = 0
 
@@ -53,30 +59,9 @@ def _reader(batches: Sequence[np.ndarray], input_name: str):
     return _Reader()
 
 
-def inc_quantize_qdq(src: Path, dst: Path, nodes: Iterable[str], calib: Sequence[np.ndarray],
-                     reduce_range: bool, input_name: str = INPUT_NAME,
-                     calibrate_method: str = "minmax") -> None:
-    """Quantize ``nodes`` of ``src`` to INT8 QDQ with INC and write ``dst``; node names are kept."""
-    try:
-        from onnx_neural_compressor.quantization import quantize
-        from onnx_neural_compressor.quantization.config import StaticQuantConfig
-        from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType
-    except ImportError as exc:
-        raise MissingDependencyError("onnx-neural-compressor", f"static PTQ ({exc})") from None
-    nodes = list(nodes)
-    method = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
-              "percentile": CalibrationMethod.Percentile}[calibrate_method]
-    logging.getLogger("onnx_neural_compressor").setLevel(logging.ERROR)
-    cfg = StaticQuantConfig(
-        _reader(calib, input_name), calibrate_method=method, quant_format=QuantFormat.QDQ,
-        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, per_channel=True,
-        reduce_range=reduce_range, nodes_to_quantize=nodes, execution_provider="CPUExecutionProvider",
-        extra_options={"ActivationSymmetric": False, "WeightSymmetric": True},
-    )
-    tmp = dst.with_name(dst.name + ".inc.onnx")
-    quantize(str(src), str(tmp), cfg)
-    model = onnx.load(str(tmp))
-    tmp.unlink(missing_ok=True)
+def _restore_names(src: Path, dst: Path, nodes: Iterable[str]) -> None:
+    """Quantizers rename the nodes they quantize (``X_quant``); give them their layer names back."""
+    model = onnx.load(str(src))
     wanted = set(nodes)
     for node in model.graph.node:
         if node.op_type in QUANT_OPS and node.name.endswith("_quant") and node.name[:-6] in wanted:
@@ -84,25 +69,61 @@ def inc_quantize_qdq(src: Path, dst: Path, nodes: Iterable[str], calib: Sequence
     atomic_write_bytes(dst, model.SerializeToString())
 
 
-def write_layer_bits(path: Path, layer_bits: dict[str, Bits]) -> None:
-    """Record each layer's (w_bits, a_bits) in the model's metadata."""
-    model = onnx.load(str(path))
-    for p in list(model.metadata_props):
-        if p.key == POLICY_KEY:
-            model.metadata_props.remove(p)
-    model.metadata_props.add(key=POLICY_KEY, value=json.dumps({k: list(v) for k, v in layer_bits.items()}))
-    atomic_write_bytes(path, model.SerializeToString())
+def _cleanup(tmp: Path) -> None:
+    """Remove a quantizer's temporary model and any external-data file it wrote beside it."""
+    for p in tmp.parent.glob(tmp.name + "*"):
+        p.unlink(missing_ok=True)
 
 
-def read_layer_bits(model: onnx.ModelProto) -> dict[str, Bits]:
-    for p in model.metadata_props:
-        if p.key == POLICY_KEY:
-            return {k: tuple(v) for k, v in json.loads(p.value).items()}
-    return {}
+def inc_quantize_qdq(src: Path, dst: Path, nodes: Iterable[str], calib: Sequence[np.ndarray],
+                     reduce_range: bool, input_name: str = INPUT_NAME, calibrate_method: str = "minmax") -> None:
+    """Quantize ``nodes`` of ``src`` to INT8 QDQ with Intel Neural Compressor and write ``dst``."""
+    try:
+        from onnx_neural_compressor import data_reader
+        from onnx_neural_compressor.quantization import quantize
+        from onnx_neural_compressor.quantization.config import StaticQuantConfig
+    except ImportError as exc:
+        raise MissingDependencyError("onnx-neural-compressor", f"static PTQ ({exc})") from None
+    nodes = list(nodes)
+    method, QuantFormat, QuantType = _ort_enums(calibrate_method)
+    logging.getLogger("onnx_neural_compressor").setLevel(logging.ERROR)
+    cfg = StaticQuantConfig(
+        _reader(data_reader.CalibrationDataReader, calib, input_name), calibrate_method=method,
+        quant_format=QuantFormat.QDQ, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+        per_channel=True, reduce_range=reduce_range, nodes_to_quantize=nodes,
+        execution_provider="CPUExecutionProvider",
+        extra_options={"ActivationSymmetric": False, "WeightSymmetric": True},
+    )
+    tmp = dst.with_name(dst.name + ".tmp.onnx")
+    try:
+        quantize(str(src), str(tmp), cfg)
+        _restore_names(tmp, dst, nodes)
+    finally:
+        _cleanup(tmp)
+
+
+def ort_quantize_qdq(src: Path, dst: Path, nodes: Iterable[str], calib: Sequence[np.ndarray],
+                     reduce_range: bool, input_name: str = INPUT_NAME, calibrate_method: str = "minmax") -> None:
+    """Quantize ``nodes`` of ``src`` to INT8 QDQ with ONNX Runtime's quantizer and write ``dst``."""
+    from onnxruntime.quantization import CalibrationDataReader, quantize_static
+
+    nodes = list(nodes)
+    method, QuantFormat, QuantType = _ort_enums(calibrate_method)
+    tmp = dst.with_name(dst.name + ".tmp.onnx")
+    try:
+        quantize_static(
+            str(src), str(tmp), _reader(CalibrationDataReader, calib, input_name), quant_format=QuantFormat.QDQ,
+            per_channel=True, reduce_range=reduce_range, activation_type=QuantType.QUInt8,
+            weight_type=QuantType.QInt8, nodes_to_quantize=nodes, calibrate_method=method,
+            extra_options={"ActivationSymmetric": False, "WeightSymmetric": True},
+        )
+        _restore_names(tmp, dst, nodes)
+    finally:
+        _cleanup(tmp)
 
 
 def quantized_nodes(model: onnx.ModelProto) -> set[str]:
-    """Names of Conv/Gemm nodes whose weight arrives through a DequantizeLinear (i.e. run in INT8)."""
+    """Names of Conv/Gemm nodes whose weight arrives through a DequantizeLinear (i.e. run quantized)."""
     producers = {o: n for n in model.graph.node for o in n.output}
     out = set()
     for n in model.graph.node:
@@ -113,45 +134,67 @@ def quantized_nodes(model: onnx.ModelProto) -> set[str]:
     return out
 
 
-class IncStaticPtq(Pass):
-    """INT8 static PTQ of the layers the policy puts at 8 bits; float elsewhere."""
+class StaticPtq(Pass):
+    """Static PTQ of the layers whose graph bits are W<=8/A8; float elsewhere. Engines subclass it."""
+
+    engine: str = ""
 
     class Config(StrictModel):
         calibration_batches: int = Field(4, ge=1, description="training batches used for calibration")
         calibration_batch_size: int = Field(64, ge=1, description="images per calibration batch")
         calibrate_method: Literal["minmax", "entropy", "percentile"] = Field("minmax", description="range estimator")
         reduce_range: bool | Literal["auto"] = Field("auto", description="7-bit weights; auto: on without VNNI")
-        filename: str = Field("int8.onnx", description="file written in the work folder")
+        filename: str = Field("quant.onnx", description="file written in the work folder")
+
+    @abstractmethod
+    def quantize(self, src: Path, dst: Path, nodes: list[str], calib: list[np.ndarray], reduce_range: bool) -> None:
+        """Quantize ``nodes`` of ``src`` into ``dst`` (QDQ, node names kept)."""
 
     def run(self, model: OnnxModel, ctx: PassContext) -> OnnxModel:
-        candidate = ctx.need("candidate", self.name)
         data = ctx.need("data", self.name)
-        policy = candidate.policy_dict
-        bits = {layer: tuple(policy.get(layer, (32, 32))) for layer in model.layers}
-        unsupported = {k: v for k, v in bits.items() if v not in ((8, 8), (32, 32))}
-        if unsupported:
-            name, b = next(iter(unsupported.items()))
-            raise UserError(f"IncStaticPtq runs INT8 or float per layer; layer '{name}' asks for W{b[0]}A{b[1]}")
-        nodes = [k for k, v in bits.items() if v == (8, 8)]
+        bits = layer_bits_of(model.path)
+        for name, (w, a) in bits.items():
+            if (w, a) != (32, 32) and (a != 8 or not 2 <= w <= 8):
+                raise UserError(f"{self.name} runs W2-8/A8 or float per layer; layer '{name}' asks for W{w}A{a}")
+        nodes = [k for k in model.layers if bits[k] != (32, 32)]
         dst = ctx.workdir / self.config.filename
         reduce_range = resolve_reduce_range(self.config.reduce_range)
-        ctx.results.setdefault("quantization", {}).update({
-            "engine": "onnx-neural-compressor", "format": "QDQ", "weights": "int8 per-channel symmetric",
+        ctx.results["quantization"] = {
+            "engine": self.engine, "format": "QDQ", "weights": "int8 per-channel symmetric",
             "activations": "uint8 per-tensor asymmetric", "reduce_range": reduce_range,
             "calibration": {"method": self.config.calibrate_method, "batches": self.config.calibration_batches,
                             "batch_size": self.config.calibration_batch_size},
-            "int8_layers": len(nodes), "float_layers": len(bits) - len(nodes),
-        })
-        if not nodes:
-            shutil.copyfile(model.path, dst)
-        else:
+            "quantized_layers": len(nodes), "float_layers": len(bits) - len(nodes),
+        }
+        if nodes:
             # the same batches the search's simulated quantization calibrates on, so the two agree
             batches = [b.numpy() for b in calibration_batches(data, self.config.calibration_batches,
                                                               self.config.calibration_batch_size, ctx.seed)]
-            inc_quantize_qdq(model.path, dst, nodes, batches, reduce_range,
-                             calibrate_method=self.config.calibrate_method)
-        write_layer_bits(dst, bits)
-        got = quantized_nodes(onnx.load(str(dst)))
+            self.quantize(model.path, dst, nodes, batches, reduce_range)
+        else:
+            atomic_write_bytes(dst, model.path.read_bytes())
+        out = onnx.load(str(dst))
+        set_layer_bits(out, bits)  # quantizers drop metadata: carry the bits over
+        got = quantized_nodes(out)
         if got != set(nodes):
-            raise InternalError(f"quantizer put INT8 on {sorted(got)} but the policy asks for {sorted(nodes)}")
+            raise InternalError(f"{self.engine} quantized {sorted(got)} but the graph asks for {sorted(nodes)}")
+        atomic_write_bytes(dst, out.SerializeToString())
         return OnnxModel(path=dst, layers=model.layers, float_path=model.float_path)
+
+
+class IncStaticPtq(StaticPtq):
+    """Static PTQ with Intel Neural Compressor (``onnx-neural-compressor``), QDQ format."""
+
+    engine = "onnx-neural-compressor"
+
+    def quantize(self, src, dst, nodes, calib, reduce_range):
+        inc_quantize_qdq(src, dst, nodes, calib, reduce_range, calibrate_method=self.config.calibrate_method)
+
+
+class OrtStaticPtq(StaticPtq):
+    """Static PTQ with ONNX Runtime's quantizer, QDQ format (to compare engines)."""
+
+    engine = "onnxruntime"
+
+    def quantize(self, src, dst, nodes, calib, reduce_range):
+        ort_quantize_qdq(src, dst, nodes, calib, reduce_range, calibrate_method=self.config.calibrate_method)

@@ -4,13 +4,59 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
+import onnx
+from onnx import numpy_helper
 from pydantic import Field
 
 from bitnas.artifact import MODEL_FILE, Artifact, write_artifact
 from bitnas.config import StrictModel
 from bitnas.fingerprint import library_versions
-from bitnas.passes.export_onnx import OnnxModel
+from bitnas.io import atomic_write_bytes
+from bitnas.passes.export_onnx import QUANT_OPS, OnnxModel
 from bitnas.pipeline import Pass, PassContext
+
+
+def compact_model(src: Path, dst: Path) -> None:
+    """Drop what the runtimes do not need: shape annotations, all-zero weight/bias zero points, long names.
+
+    Conv/Gemm nodes keep their layer names and the graph keeps its input and output names; every other
+    tensor and node gets a short name.
+    """
+    m = onnx.load(str(src))
+    g = m.graph
+    del g.value_info[:]
+    inits = {t.name: t for t in g.initializer}
+    for node in g.node:
+        if node.op_type == "DequantizeLinear" and len(node.input) == 3 and node.input[2] in inits:
+            zp = inits[node.input[2]]
+            # signed zero points of 0 are the default (symmetric weights, INT32 biases); uint8 activations keep theirs
+            if zp.data_type != onnx.TensorProto.UINT8 and not np.any(numpy_helper.to_array(zp)):
+                del node.input[2]
+    used = {i for n in g.node for i in n.input}
+    keep = [t for t in g.initializer if t.name in used]
+    del g.initializer[:]
+    g.initializer.extend(keep)
+    fixed = {v.name for v in list(g.input) + list(g.output)}
+    names: dict[str, str] = {}
+
+    def short(name: str) -> str:
+        if not name or name in fixed:
+            return name
+        return names.setdefault(name, f"t{len(names)}")
+
+    for t in g.initializer:
+        t.name = short(t.name)
+    for node in g.node:
+        for i, x in enumerate(node.input):
+            node.input[i] = short(x)
+        for i, x in enumerate(node.output):
+            node.output[i] = short(x)
+        if node.op_type not in QUANT_OPS:
+            node.name = ""
+    onnx.checker.check_model(m)
+    atomic_write_bytes(dst, m.SerializeToString())
+
 
 VERSIONED = ("torch", "onnx", "onnxruntime", "openvino", "onnx-neural-compressor", "apache-tvm", "bitnas")
 
@@ -18,10 +64,15 @@ VERSIONED = ("torch", "onnx", "onnxruntime", "openvino", "onnx-neural-compressor
 class Package(Pass):
     """Write ``model.onnx`` and ``manifest.json`` atomically into the artifact folder."""
 
+    cacheable = False
+
     class Config(StrictModel):
         out: str = Field("artifact", description="artifact folder (relative to the work folder's parent)")
 
     def run(self, model: OnnxModel, ctx: PassContext) -> Artifact:
+        compact = ctx.workdir / "model.compact.onnx"
+        compact_model(model.path, compact)
+        model = OnnxModel(path=compact, layers=model.layers, float_path=model.float_path)
         candidate = ctx.need("candidate", self.name)
         out = Path(self.config.out)
         if not out.is_absolute():

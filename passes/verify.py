@@ -10,8 +10,11 @@ from pydantic import Field
 
 from bitnas.backends import get_backend, interleaved_timing
 from bitnas.config import StrictModel
+from bitnas.passes.assign_bits import layer_bits_of
 from bitnas.passes.export_onnx import INPUT_NAME, OnnxModel
 from bitnas.pipeline import Pass, PassContext
+from bitnas.supernets.evaluate import calibration_batches
+from bitnas.supernets.static import quantize_net
 
 
 def _logits(runner, x: np.ndarray, batch: int = 256) -> np.ndarray:
@@ -29,9 +32,20 @@ class Verify(Pass):
         rounds: int = Field(10, ge=1, description="interleaved rounds the repeats are split into")
         statistic: Literal["p10", "median"] = Field("p10", description="latency statistic reported")
 
+    @staticmethod
+    def _reference(model: OnnxModel, ctx: PassContext):
+        """The simulated-quantization twin of the artifact: the pipeline's last torch net, the graph's bits."""
+        net = ctx.inputs.get("last_static_net")
+        quant = ctx.results.get("quantization")
+        if net is None or quant is None:
+            return None
+        calib = calibration_batches(ctx.inputs["data"], quant["calibration"]["batches"],
+                                    quant["calibration"]["batch_size"], ctx.seed)
+        return quantize_net(net, layer_bits_of(model.path), calib, quant["reduce_range"])
+
     def run(self, model: OnnxModel, ctx: PassContext) -> OnnxModel:
         data = ctx.need("data", self.name)
-        reference = ctx.inputs.get("reference_net")
+        reference = ctx.inputs.get("reference_net") or self._reference(model, ctx)
         ref_logits = None
         if reference is not None:
             with torch.no_grad():

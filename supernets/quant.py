@@ -19,9 +19,10 @@ def weight_qmax(bits: int, reduce_range: bool = False) -> int:
 
 
 def weight_scale(w: torch.Tensor, bits: int, reduce_range: bool = False) -> torch.Tensor:
-    """Per-output-channel symmetric scale, shape ``(C,)``."""
+    """Per-output-channel symmetric scale, shape ``(C,)``; below 8 bits rounded to half precision as stored."""
     amax = w.detach().abs().reshape(w.shape[0], -1).amax(dim=1).clamp_min(1e-12)
-    return amax / weight_qmax(bits, reduce_range)
+    scale = amax / weight_qmax(bits, reduce_range)
+    return scale.half().float() if bits < 8 else scale
 
 
 def fake_quant_weight(w: torch.Tensor, bits: int, reduce_range: bool = False) -> torch.Tensor:

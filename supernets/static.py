@@ -12,7 +12,8 @@ from torch import nn
 from bitnas.space import Bits
 from bitnas.supernets.quant import ActQuant, fake_quant_bias, fake_quant_weight, set_calibrating, weight_scale
 
-_ACTS = {"relu6": lambda x: F.relu6(x), "relu": F.relu, "none": lambda x: x}
+_ACTS = {"relu6": lambda x: F.relu6(x), "relu": F.relu, "hswish": F.hardswish, "gelu": F.gelu,
+         "none": lambda x: x}
 
 
 class QuantUnit(nn.Module):
@@ -49,7 +50,8 @@ class QuantUnit(nn.Module):
         return fake_quant_weight(w, self.w_bits, self.reduce_range) if self._quantizing() else w
 
     def _bias(self, b: torch.Tensor | None, w: torch.Tensor) -> torch.Tensor | None:
-        if b is None or not self._quantizing():
+        # INT8 layers carry an INT32 bias; narrower layers keep theirs in float (see SubByteWeights)
+        if b is None or not self._quantizing() or self.w_bits < 8:
             return b
         return fake_quant_bias(b, self.in_q.qparams()[0], weight_scale(w, self.w_bits, self.reduce_range))
 

@@ -11,8 +11,17 @@ from bitnas.artifact import Artifact, write_artifact
 from bitnas.errors import ArtifactError, UserError
 from bitnas.fingerprint import has_vnni
 from bitnas.onnxio import load_onnx
-from bitnas.passes import ExportOnnx, ExtractSubnet, IncStaticPtq, Package, RecalibrateBn, Verify
-from bitnas.passes.inc_ptq import quantized_nodes, read_layer_bits, resolve_reduce_range
+from bitnas.passes import (
+    AssignBitwidths,
+    ExportOnnx,
+    ExtractSubnet,
+    IncStaticPtq,
+    Package,
+    RecalibrateBn,
+    Verify,
+)
+from bitnas.passes.assign_bits import read_layer_bits
+from bitnas.passes.inc_ptq import quantized_nodes, resolve_reduce_range
 from bitnas.pipeline import PASSES, PassContext, Sequential
 from bitnas.supernets.evaluate import calibration_batches, predictions, prepare_subnet
 from bitnas.supernets.static import fold_bn, quantize_net
@@ -35,14 +44,15 @@ def compiled(trained, digits, tmp_path_factory):
     reference = quantize_net(prepare_subnet(trained, cand, calib), cand.policy_dict, calib, resolve_reduce_range("auto"))
     ctx = PassContext(workdir=work, inputs={"supernet": trained, "data": digits, "reference_net": reference},
                       results={"predicted": {"latency_ms": 1.0}})
-    pipeline = Sequential([ExtractSubnet(), RecalibrateBn(), ExportOnnx(), IncStaticPtq(),
+    pipeline = Sequential([ExtractSubnet(), RecalibrateBn(), ExportOnnx(), AssignBitwidths(), IncStaticPtq(),
                            Verify(repeats=20, warmup=2, rounds=2), Package(out="artifact")])
     artifact = pipeline.run(cand, ctx)
     return cand, ctx, artifact
 
 
 def test_every_pass_is_registered_with_a_strict_documented_config():
-    for name in ("ExtractSubnet", "RecalibrateBn", "ExportOnnx", "IncStaticPtq", "Verify", "Package"):
+    for name in ("ExtractSubnet", "RecalibrateBn", "ExportOnnx", "AssignBitwidths", "IncStaticPtq", "OrtStaticPtq",
+                 "Verify", "Package"):
         cls = PASSES[name]
         for field_name, field in cls.Config.model_fields.items():
             assert field.description, f"{name}.{field_name} lacks a description"
@@ -148,10 +158,10 @@ def test_ptq_refuses_bits_it_cannot_run(trained, digits, tmp_path):
     names = [s.name for s in trained.layers(c)]
     space_bits = {n: (8, 8) for n in names}
     cand = trained.space.make(c.arch_dict, space_bits)
-    object.__setattr__(cand, "policy", tuple(sorted({**space_bits, names[2]: (4, 8)}.items())))
+    object.__setattr__(cand, "policy", tuple(sorted({**space_bits, names[2]: (4, 4)}.items())))
     ctx = PassContext(workdir=tmp_path, inputs={"data": digits, "candidate": cand})
-    model = ExportOnnx().run(trained.extract(c), ctx)
-    with pytest.raises(UserError, match=f"layer '{names[2]}' asks for W4A8"):
+    model = AssignBitwidths().run(ExportOnnx().run(trained.extract(c), ctx), ctx)
+    with pytest.raises(UserError, match=f"layer '{names[2]}' asks for W4A4"):
         IncStaticPtq().run(model, ctx)
 
 

@@ -1,0 +1,149 @@
+"""SubByteWeights: store the weights of layers below 8 bits at their policy's width.
+
+A quantized layer's weight reaches its Conv/Gemm through DequantizeLinear. For a layer whose graph bits
+say ``w < 8``, the weight is re-quantized from the float export (per-channel symmetric, ``2**(w-1)-1``
+levels each side, as the search simulated) with a new scale; its bias is stored in float. Weights of 2-4 bits are stored packed in ONNX's INT4 type (opset 21) for
+runtimes that read it; weights of 5-7 bits, or any width on a runtime without INT4, are stored as INT8
+values confined to the policy's range. The artifact's size on disk follows the policy either way.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import ml_dtypes
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+from pydantic import Field
+
+from bitnas.config import StrictModel
+from bitnas.errors import InternalError
+from bitnas.io import atomic_write_bytes
+from bitnas.passes.assign_bits import layer_bits_of, set_layer_bits
+from bitnas.passes.export_onnx import QUANT_OPS, OnnxModel
+from bitnas.pipeline import Pass, PassContext
+
+INT4_OPSET = 21
+# runtimes whose ONNX import reads INT4 weights (TVM's frontend fails on the packed tensor)
+INT4_RUNTIMES = {"ort", "openvino"}
+
+
+def _float_weights(path) -> dict[str, np.ndarray]:
+    model = onnx.load(str(path))
+    inits = {t.name: t for t in model.graph.initializer}
+    return {n.name: numpy_helper.to_array(inits[n.input[1]]) for n in model.graph.node
+            if n.op_type in QUANT_OPS and n.input[1] in inits}
+
+
+def requantize(w: np.ndarray, bits: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per-output-channel symmetric quantization of ``w`` at ``bits``: (int values, scales).
+
+    Below 8 bits the scales are rounded to half precision, as they are stored, and as the simulated
+    quantizer rounds them.
+    """
+    qmax = 2 ** (bits - 1) - 1
+    amax = np.maximum(np.abs(w.reshape(w.shape[0], -1)).max(axis=1), 1e-12).astype(np.float32)
+    scale = (amax / qmax).astype(np.float16 if bits < 8 else np.float32).astype(np.float32)
+    q = np.clip(np.rint(w / scale.reshape(-1, *([1] * (w.ndim - 1)))), -qmax, qmax).astype(np.int8)
+    return q, scale
+
+
+class SubByteWeights(Pass):
+    """Narrow the stored weights of layers below 8 bits (INT4-packed where the runtimes read it)."""
+
+    class Config(StrictModel):
+        storage: Literal["auto", "int4", "int8"] = Field(
+            "auto", description="auto: packed INT4 for 2-4 bits unless a target runtime cannot read it")
+        runtimes: tuple[str, ...] = Field(("ort", "openvino"), description="runtimes the artifact must run on")
+        filename: str = Field("subbyte.onnx", description="file written in the work folder")
+
+    def run(self, model: OnnxModel, ctx: PassContext) -> OnnxModel:
+        bits = layer_bits_of(model.path)
+        narrow = {k: b for k, b in bits.items() if b[0] < 8}
+        dst = ctx.workdir / self.config.filename
+        storage = self.config.storage
+        if storage == "auto":
+            storage = "int4" if set(self.config.runtimes) <= INT4_RUNTIMES else "int8"
+        ctx.results["weight_storage"] = {"narrow_layers": len(narrow), "storage": storage if narrow else None}
+        if not narrow:
+            atomic_write_bytes(dst, model.path.read_bytes())
+            return OnnxModel(path=dst, layers=model.layers, float_path=model.float_path)
+        onnx_model = onnx.load(str(model.path))
+        floats = _float_weights(model.float_path)
+        graph = onnx_model.graph
+        inits = {t.name: t for t in graph.initializer}
+        producers = {o: n for n in graph.node for o in n.output}
+        packed_any = False
+        new_nodes: list[tuple[onnx.NodeProto, onnx.NodeProto]] = []
+        for node in graph.node:
+            if node.op_type not in QUANT_OPS or node.name not in narrow:
+                continue
+            w_bits = narrow[node.name][0]
+            wdq = producers.get(node.input[1])
+            if wdq is None or wdq.op_type != "DequantizeLinear":
+                raise InternalError(f"layer '{node.name}' is not quantized; run a PTQ pass before SubByteWeights")
+            q, scale = requantize(floats[node.name], w_bits)
+            pack = storage == "int4" and w_bits <= 4
+            q_name, s_name = f"{node.name}.weight_q{w_bits}", f"{node.name}.weight_scale{w_bits}"
+            if pack:
+                q_tensor = numpy_helper.from_array(q.astype(ml_dtypes.int4), q_name)  # two values a byte
+                packed_any = True
+            else:
+                q_tensor = numpy_helper.from_array(q, q_name)
+            half = pack  # packed weights carry half-precision scales (DequantizeLinear-21), then a Cast
+            graph.initializer.extend([q_tensor, numpy_helper.from_array(scale.astype(np.float16 if half else
+                                                                                     np.float32), s_name)])
+            del wdq.input[:]
+            wdq.input.extend([q_name, s_name])  # symmetric: the zero point defaults to 0
+            if half:
+                w_out = wdq.output[0]
+                wdq.output[0] = f"{node.name}.weight_f16"
+                new_nodes.append((wdq, helper.make_node("Cast", [wdq.output[0]], [w_out], to=TensorProto.FLOAT)))
+            for attr in list(wdq.attribute):
+                if attr.name == "axis":
+                    attr.i = 0
+            if len(node.input) > 2 and node.input[2]:
+                bdq = producers.get(node.input[2])
+                if bdq is not None and bdq.op_type == "DequantizeLinear":
+                    # no runtime fuses a sub-byte conv into an integer kernel, so the bias needs no INT32
+                    # form: store it in float and save its per-channel scale
+                    b = (numpy_helper.to_array(inits[bdq.input[0]]).astype(np.float64)
+                         * numpy_helper.to_array(inits[bdq.input[1]]).astype(np.float64)).astype(np.float32)
+                    b_name = f"{node.name}.bias"
+                    graph.initializer.append(numpy_helper.from_array(b, b_name))
+                    node.input[2] = b_name
+        for after, cast in new_nodes:
+            graph.node.insert(list(graph.node).index(after) + 1, cast)
+        _drop_unused(graph)
+        if packed_any:
+            onnx_model = _to_opset(onnx_model, INT4_OPSET)
+        set_layer_bits(onnx_model, bits)
+        onnx.checker.check_model(onnx_model)
+        atomic_write_bytes(dst, onnx_model.SerializeToString())
+        return OnnxModel(path=dst, layers=model.layers, float_path=model.float_path)
+
+
+def _drop_unused(graph: onnx.GraphProto) -> None:
+    """Remove nodes whose outputs nothing reads (the old bias DequantizeLinear), then unused initializers."""
+    while True:
+        used = {i for n in graph.node for i in n.input} | {o.name for o in graph.output}
+        dead = [n for n in graph.node if not any(o in used for o in n.output)]
+        if not dead:
+            break
+        for n in dead:
+            graph.node.remove(n)
+    used = {i for n in graph.node for i in n.input}
+    keep = [t for t in graph.initializer if t.name in used]
+    del graph.initializer[:]
+    graph.initializer.extend(keep)
+
+
+def _to_opset(model: onnx.ModelProto, opset: int) -> onnx.ModelProto:
+    """Raise the default-domain opset (the graph's ops keep their meaning from 17 to 21)."""
+    for imp in model.opset_import:
+        if imp.domain in ("", "ai.onnx") and imp.version < opset:
+            imp.version = opset
+    if model.ir_version < 10:
+        model.ir_version = 10
+    return model

@@ -1,0 +1,218 @@
+"""The cached pass pipeline, QAFT, sub-byte weights, the second PTQ engine, compile and gate commands."""
+
+import json
+import shutil
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+from bitnas.backends import get_backend
+from bitnas.cache import PassCache
+from bitnas.cli import main
+from bitnas.compile import CompileConfig, build_pipeline
+from bitnas.errors import ConfigError
+from bitnas.gate import Tolerance, compare, load_figures
+from bitnas.passes import (
+    AssignBitwidths,
+    ExportOnnx,
+    ExtractSubnet,
+    IncStaticPtq,
+    OrtStaticPtq,
+    Package,
+    Qaft,
+    RecalibrateBn,
+    SubByteWeights,
+    Verify,
+)
+from bitnas.passes.inc_ptq import quantized_nodes
+from bitnas.pipeline import PassContext, Sequential
+from bitnas.supernets.mbv2 import MBV2Supernet, mbv2_tiny
+
+FAST_VERIFY = {"repeats": 20, "warmup": 2, "rounds": 2}
+
+
+@pytest.fixture(scope="module")
+def subbyte_net(trained):
+    """The trained supernet with a space that also offers 4- and 2-bit weights."""
+    net = MBV2Supernet(mbv2_tiny(bit_options=((32, 32), (8, 8), (4, 8), (2, 8))))
+    net.load_state_dict(trained.state_dict())
+    return net.eval()
+
+
+def _ctx(tmp_path, net, data, cache=None):
+    work = tmp_path / "work"
+    work.mkdir(parents=True, exist_ok=True)
+    return PassContext(workdir=work, inputs={"supernet": net, "data": data}, cache=cache, env={"test": 1})
+
+
+def _pipeline(qaft_lr=1e-3):
+    return Sequential([ExtractSubnet(), RecalibrateBn(), Qaft(epochs=1, lr=qaft_lr), ExportOnnx(), AssignBitwidths(),
+                       IncStaticPtq(), Verify(backends=("ort",), **FAST_VERIFY), Package()])
+
+
+def test_rerun_with_only_qaft_changed_reruns_qaft_and_what_follows(trained, digits, tmp_path):
+    cand = trained.space.smallest(policy_bits=(8, 8))
+    cache = PassCache(tmp_path / "cache")
+
+    def run(lr):
+        ctx = _ctx(tmp_path, trained, digits, cache)
+        art = _pipeline(lr).run(cand, ctx)
+        return {t.name: t.cached for t in ctx.timings}, art
+
+    first, art1 = run(1e-3)
+    assert not any(first.values())
+    again, art2 = run(1e-3)
+    assert again == {**{k: True for k in first}, "Package": False}
+    assert art2.manifest["measured"] == art1.manifest["measured"]  # restored with the cached Verify
+    changed, _ = run(2e-3)
+    assert changed["ExtractSubnet"] and changed["RecalibrateBn"]
+    assert not any(changed[k] for k in ("Qaft", "ExportOnnx", "AssignBitwidths", "IncStaticPtq", "Verify"))
+
+
+def test_qaft_returns_a_float_net_with_tuned_weights(trained, digits, tmp_path):
+    cand = trained.space.smallest(policy_bits=(8, 8))
+    ctx = _ctx(tmp_path, trained, digits)
+    ctx.inputs["candidate"] = cand
+    net = RecalibrateBn().run(ExtractSubnet().run(cand, ctx), ctx)
+    tuned = Qaft(epochs=1).run(net, ctx)
+    assert all(u.in_q is None and u.w_bits == 32 for u in tuned.units())
+    before = torch.cat([p.flatten() for p in net.parameters()])
+    assert not torch.allclose(before[:10], before[:10] * 0)  # sanity: real weights
+    x = torch.from_numpy(digits.x_val[:8])
+    with torch.no_grad():
+        assert not torch.allclose(tuned(x), net(x), atol=1e-4)
+
+
+def test_four_bit_weights_make_a_much_smaller_artifact_that_runs(subbyte_net, digits, tmp_path):
+    sizes, arts = {}, {}
+    for bits in ((8, 8), (4, 8)):
+        cand = subbyte_net.space.largest(policy_bits=bits)
+        ctx = _ctx(tmp_path / f"w{bits[0]}", subbyte_net, digits)
+        arts[bits] = Sequential([ExtractSubnet(), RecalibrateBn(), ExportOnnx(), AssignBitwidths(), IncStaticPtq(),
+                                 SubByteWeights(), Verify(**FAST_VERIFY), Package()]).run(cand, ctx)
+        sizes[bits] = arts[bits].model_path.stat().st_size
+    assert sizes[(8, 8)] / sizes[(4, 8)] >= 1.8
+    model = onnx.load(str(arts[(4, 8)].model_path))
+    int4 = [t for t in model.graph.initializer if t.data_type == onnx.TensorProto.INT4]
+    assert len(int4) == len(arts[(4, 8)].manifest["model"]["layers"])
+    m = arts[(4, 8)].manifest["measured"]
+    for b in ("ort", "openvino"):
+        assert m[b]["top1_agreement_vs_fakequant"] >= 0.99
+        assert m[b]["accuracy"] >= m[b]["accuracy_fp32"] - 0.08  # 4-bit PTQ, no fine-tuning
+
+
+def test_int8_storage_fallback_confines_values_to_the_policy_range(subbyte_net, digits, tmp_path):
+    cand = subbyte_net.space.largest(policy_bits=(2, 8))
+    ctx = _ctx(tmp_path, subbyte_net, digits)
+    out = Sequential([ExtractSubnet(), RecalibrateBn(), ExportOnnx(), AssignBitwidths(), IncStaticPtq(),
+                      SubByteWeights(storage="int8")]).run(cand, ctx)
+    model = onnx.load(str(out.path))
+    producers = {o: n for n in model.graph.node for o in n.output}
+    inits = {t.name: t for t in model.graph.initializer}
+    for node in model.graph.node:
+        if node.op_type in ("Conv", "Gemm"):
+            w = onnx.numpy_helper.to_array(inits[producers[node.input[1]].input[0]])
+            assert w.dtype == np.int8 and w.min() >= -1 and w.max() <= 1
+    (y,) = get_backend("ort").compile(out.path)({"input": digits.x_val[:4]})
+    assert y.shape == (4, 10)
+
+
+def test_ort_engine_quantizes_the_same_nodes_and_agrees_with_inc(trained, digits, tmp_path):
+    c = trained.space.largest()
+    names = [s.name for s in trained.layers(c)]
+    cand = trained.space.make(c.arch_dict, {n: ((8, 8) if i % 3 else (32, 32)) for i, n in enumerate(names)})
+    preds = {}
+    for engine in (IncStaticPtq, OrtStaticPtq):
+        ctx = _ctx(tmp_path / engine.__name__, trained, digits)
+        out = Sequential([ExtractSubnet(), RecalibrateBn(), ExportOnnx(), AssignBitwidths(), engine()]).run(cand, ctx)
+        model = onnx.load(str(out.path))
+        assert quantized_nodes(model) == {n for i, n in enumerate(names) if i % 3}
+        assert ctx.results["quantization"]["engine"] in ("onnx-neural-compressor", "onnxruntime")
+        preds[engine.__name__] = get_backend("ort").compile(out.path)({"input": digits.x_val})[0].argmax(1)
+    assert (preds["IncStaticPtq"] == preds["OrtStaticPtq"]).mean() >= 0.99
+
+
+def test_compile_config_errors_name_the_pass_and_key():
+    with pytest.raises(ConfigError, match=r"passes\[1\]: unknown pass 'Nope'"):
+        build_pipeline(CompileConfig(passes=("ExtractSubnet", "Nope")), "c.yaml")
+    with pytest.raises(ConfigError, match=r"c.yaml: passes\[0\] Qaft: unknown key 'epoch'"):
+        build_pipeline(CompileConfig(passes=({"Qaft": {"epoch": 2}},)), "c.yaml")
+    with pytest.raises(ConfigError, match=r"passes\[0\] Qaft: key 'epochs'"):
+        build_pipeline(CompileConfig(passes=({"Qaft": {"epochs": -1}},)), "c.yaml")
+
+
+# ------------------------------------------------------------------------------------------------ gate
+@pytest.fixture(scope="module")
+def gated(trained, digits, tmp_path_factory):
+    """One artifact, then a clean re-measurement of the very same model files."""
+    tmp = tmp_path_factory.mktemp("gate")
+    cand = trained.space.smallest(policy_bits=(8, 8))
+    ctx = _ctx(tmp / "a", trained, digits)
+    verify = Verify(repeats=200, warmup=10, rounds=10)
+    art = Sequential([ExtractSubnet(), RecalibrateBn(), ExportOnnx(), AssignBitwidths(), IncStaticPtq(), verify,
+                      Package()]).run(cand, ctx)
+    ctx2 = _ctx(tmp / "b", trained, digits)
+    ctx2.results = {k: v for k, v in ctx.results.items() if k != "measured"}
+    ctx2.inputs.update(ctx.inputs)
+    from bitnas.passes.export_onnx import OnnxModel
+
+    model = OnnxModel(path=art.model_path, layers=art.manifest["model"]["layers"], float_path=ctx.workdir / "fp32.onnx")
+    again = Package().run(verify.run(model, ctx2), ctx2)
+    return art, again
+
+
+def test_gate_passes_a_clean_rerun_and_fails_a_planted_regression(gated, tmp_path, capsys):
+    art, again = gated
+    base = art.root / "manifest.json"
+    assert main(["gate", "--baseline", str(base), "--current", str(again.root / "manifest.json")]) == 0
+    slow = json.loads(base.read_text())
+    for b in ("ort", "openvino"):
+        slow["measured"][b]["latency_ms"] *= 1.2
+        slow["measured"][b]["latency_ratio_to_fp32"] *= 1.2
+    planted = tmp_path / "slow.json"
+    planted.write_text(json.dumps(slow))
+    capsys.readouterr()
+    assert main(["gate", "--baseline", str(base), "--current", str(planted)]) == 1
+    captured = capsys.readouterr()
+    assert "ort latency / fp32" in captured.err and "REGRESSED" in captured.err
+
+
+def test_gate_checks_size_and_accuracy():
+    base = {"candidate": "a", "size": 1000.0, "accuracy": {"ort": 0.95}, "ratio": {"ort": 1.0}}
+    ok = compare(base, {**base, "size": 1010.0, "accuracy": {"ort": 0.945}})
+    assert not any(c.regressed for c in ok)
+    bad = compare(base, {**base, "size": 1100.0, "accuracy": {"ort": 0.90}}, Tolerance())
+    assert {c.what for c in bad if c.regressed} == {"size on disk (bytes)", "ort accuracy"}
+
+
+def test_gate_input_errors_name_the_file(gated, tmp_path, capsys):
+    art, _ = gated
+    bad = tmp_path / "bad.json"
+    bad.write_text("{}")
+    assert main(["gate", "--baseline", str(art.root / "manifest.json"), "--current", str(bad)]) == 2
+    assert "bad.json: no 'measured' section" in capsys.readouterr().err
+    assert main(["gate", "--baseline", str(tmp_path / "none.json"), "--current", str(bad)]) == 2
+    assert "none.json: file not found" in capsys.readouterr().err
+    with pytest.raises(Exception, match="not valid JSON"):
+        bad.write_text("{")
+        load_figures(bad)
+
+
+def test_compile_command_on_a_demo_folder(demo_run, tmp_path, capsys):
+    """`bitnas compile` on the quick demo's folder; the second run is served from the pass cache."""
+    _, out = demo_run
+    study = tmp_path / "study"
+    shutil.copytree(out, study)
+    assert main(["compile", "--study", str(study), "--out", str(tmp_path / "c")]) == 0
+    man = json.loads((tmp_path / "c" / "artifact" / "manifest.json").read_text())
+    demo_man = json.loads((out / "artifact" / "manifest.json").read_text())
+    assert man["candidate"]["id"] == demo_man["candidate"]["id"]
+    assert [p["name"] for p in man["passes"]][:3] == ["ExtractSubnet", "RecalibrateBn", "Qaft"]
+    assert main(["compile", "--study", str(study), "--out", str(tmp_path / "c2")]) == 0
+    out_text = capsys.readouterr()
+    assert "yes" in out_text.err or "yes" in out_text.out
+    assert main(["compile", "--study", str(study), "--pick", "nope", "--out", str(tmp_path / "c3")]) == 2
+    assert "no candidate with id 'nope'" in capsys.readouterr().err
+    assert main(["compile", "--study", str(tmp_path / "missing"), "--out", str(tmp_path / "c4")]) == 2
