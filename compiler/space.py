@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import math
 from collections.abc import Iterable, Mapping, Sequence
@@ -35,12 +36,24 @@ class Gene:
 
     ``active_if=(controller, threshold)`` makes the gene matter only while the controller gene's value is
     at least ``threshold`` (e.g. the third block of a stage exists only when the stage depth is >= 3).
+    ``active_if`` may also be a tuple of such pairs, all of which must hold; a controller is an earlier
+    arch gene and may itself be conditional (e.g. the expansion conv of a repeated block exists only when
+    the repetition exists and the block's expansion factor is at least 2).
     """
 
     name: str
     options: tuple
     kind: Literal["arch", "policy"] = "arch"
-    active_if: tuple[str, Any] | None = None
+    active_if: tuple[str, Any] | tuple[tuple[str, Any], ...] | None = None
+
+    @property
+    def conditions(self) -> tuple[tuple[str, Any], ...]:
+        """The (controller, threshold) pairs that must all hold for the gene to be active."""
+        if self.active_if is None:
+            return ()
+        if isinstance(self.active_if[0], str):
+            return (self.active_if,)
+        return tuple(self.active_if)
 
     def __post_init__(self) -> None:
         if not self.options:
@@ -100,18 +113,20 @@ class LayerSpec:
     """What a latency table needs to know about one layer; ``key`` is its LUT key.
 
     ``op`` is ``conv`` (dense or grouped convolution, BatchNorm folded, optional fused activation and
-    residual add) or ``linear`` (global average pooling of a ``hw`` x ``hw`` map followed by a fully
-    connected layer). ``name`` is the layer's name in the network and is not part of the key.
+    residual add), ``linear`` (global average pooling of a ``hw`` x ``hw`` map followed by a fully
+    connected layer), ``dense`` (a fully connected layer applied to each of ``hw`` tokens) or
+    ``attention`` (scaled dot-product attention over ``hw`` tokens of width ``cin`` in ``groups`` heads, no
+    weights). ``name`` is the layer's name in the network and is not part of the key.
     """
 
-    op: Literal["conv", "linear"]
+    op: Literal["conv", "linear", "dense", "attention"]
     cin: int
     cout: int
     kernel: int = 1
     stride: int = 1
     groups: int = 1
     hw: int = 1
-    act: Literal["none", "relu", "relu6"] = "none"
+    act: Literal["none", "relu", "relu6", "hswish", "gelu"] = "none"
     residual: bool = False
     w_bits: int = 32
     a_bits: int = 32
@@ -132,24 +147,32 @@ class LayerSpec:
     def out_hw(self) -> int:
         if self.op == "linear":
             return 1
+        if self.op in ("dense", "attention"):
+            return self.hw
         return (self.hw + 2 * (self.kernel // 2) - self.kernel) // self.stride + 1
 
     @property
     def weight_count(self) -> int:
-        if self.op == "linear":
+        if self.op in ("linear", "dense"):
             return self.cin * self.cout
+        if self.op == "attention":
+            return 0
         return self.cout * (self.cin // self.groups) * self.kernel * self.kernel
 
     @property
     def macs(self) -> int:
         if self.op == "linear":
             return self.cin * self.cout + self.cin * self.hw * self.hw
+        if self.op == "dense":
+            return self.cin * self.cout * self.hw
+        if self.op == "attention":
+            return 2 * self.hw * self.hw * self.cin
         return self.weight_count * self.out_hw * self.out_hw
 
     @property
     def size_bytes(self) -> float:
         """Weights at ``w_bits`` plus a float32 bias per output channel."""
-        return self.weight_count * self.w_bits / 8.0 + self.cout * 4
+        return self.weight_count * self.w_bits / 8.0 + (0 if self.op == "attention" else self.cout * 4)
 
     def with_bits(self, bits: Bits) -> LayerSpec:
         return LayerSpec(
@@ -170,6 +193,13 @@ class LayerSpec:
         return LayerSpec(**{k: data[k] for k in LayerSpec.__dataclass_fields__ if k in data})
 
 
+def _prod(values: Iterable[int]) -> int:
+    out = 1
+    for v in values:
+        out *= v
+    return out
+
+
 class SearchSpace:
     """Named, typed choices for the architecture and each quantizable layer's (w_bits, a_bits).
 
@@ -186,14 +216,17 @@ class SearchSpace:
         self._by_name = {g.name: g for g in self.genes}
         if len(self._by_name) != len(self.genes):
             raise InternalError(f"space '{name}' has duplicate gene names")
+        seen: set[str] = set()
+        self._controllers: set[str] = set()
         for g in self.genes:
-            if g.active_if is None:
-                continue
-            ctrl = self._by_name.get(g.active_if[0])
-            if ctrl is None or ctrl.active_if is not None or ctrl.kind != "arch":
-                raise InternalError(
-                    f"space '{name}': gene '{g.name}' must be controlled by an unconditional arch gene"
-                )
+            for ctrl_name, _ in g.conditions:
+                ctrl = self._by_name.get(ctrl_name)
+                if ctrl is None or ctrl.name not in seen or ctrl.kind != "arch":
+                    raise InternalError(
+                        f"space '{name}': gene '{g.name}' must be controlled by earlier arch genes"
+                    )
+                self._controllers.add(ctrl_name)
+            seen.add(g.name)
         self.arch_genes = tuple(g for g in self.genes if g.kind == "arch")
         self.policy_genes = tuple(g for g in self.genes if g.kind == "policy")
         self._offsets = np.cumsum([0] + [len(g.options) for g in self.genes])
@@ -214,41 +247,59 @@ class SearchSpace:
         return int(self._offsets[-1])
 
     def is_active(self, gene: Gene, values: Mapping[str, Any]) -> bool:
-        if gene.active_if is None:
-            return True
-        ctrl, threshold = gene.active_if
-        return values[ctrl] >= threshold
+        for ctrl, threshold in gene.conditions:
+            if not values[ctrl] >= threshold or not self.is_active(self._by_name[ctrl], values):
+                return False
+        return True
 
-    def _count(self, kinds: tuple[str, ...], full: bool = False) -> int:
-        """Distinct assignments of the genes of ``kinds``; ``full`` counts only the largest architecture."""
-        controlled: dict[str, list[Gene]] = {}
+    def _components(self) -> list[list[Gene]]:
+        """Genes grouped by shared controllers (connected components of the control relation)."""
+        parent = {g.name: g.name for g in self.genes}
+
+        def find(n: str) -> str:
+            while parent[n] != n:
+                parent[n] = parent[parent[n]]
+                n = parent[n]
+            return n
+
+        for g in self.genes:
+            for ctrl, _ in g.conditions:
+                parent[find(g.name)] = find(ctrl)
+        groups: dict[str, list[Gene]] = {}
+        for g in self.genes:
+            groups.setdefault(find(g.name), []).append(g)
+        return list(groups.values())
+
+    def _count(self, kinds: tuple[str, ...]) -> int:
+        """Distinct assignments of the genes of ``kinds``; controllers of other kinds take their largest option.
+
+        Within each group of genes sharing controllers, every canonical assignment of the controllers is
+        enumerated (an inactive controller only at its first option) and the active leaves multiplied.
+        """
         total = 1
-        for g in self.genes:
-            if g.active_if is not None:
-                controlled.setdefault(g.active_if[0], []).append(g)
-        for g in self.genes:
-            if g.active_if is not None:
+        for comp in self._components():
+            ctrls = [g for g in comp if g.name in self._controllers]
+            leaves = [g for g in comp if g.name not in self._controllers]
+            if not ctrls:
+                total *= _prod(len(g.options) if g.kind in kinds else 1 for g in leaves)
                 continue
-            deps = controlled.get(g.name, [])
-            if not deps:
-                if g.kind in kinds:
-                    total *= len(g.options)
-                continue
-            options = [max(g.options)] if full else list(g.options)
+            choices = [g.options if g.kind in kinds else (max(g.options),) for g in ctrls]
+            if _prod(len(c) for c in choices) > 2_000_000:
+                raise InternalError(f"space '{self.name}': too many controller assignments to count exactly")
             subtotal = 0
-            for v in options:
-                term = 1
-                for d in deps:
-                    if d.kind in kinds and v >= d.active_if[1]:
-                        term *= len(d.options)
-                subtotal += term
+            for combo in itertools.product(*choices):
+                values = {g.name: v for g, v in zip(ctrls, combo)}
+                if any(not self.is_active(g, values) and values[g.name] != c[0] for g, c in zip(ctrls, choices)):
+                    continue
+                subtotal += _prod(len(g.options) if g.kind in kinds else 1 for g in leaves
+                                  if self.is_active(g, values))
             total *= subtotal
         return total
 
     def cardinality(self) -> dict[str, Any]:
         """Exact sizes, computed from the genes: distinct architectures, policies, joint candidates."""
         arch = self._count(("arch",))
-        policy = self._count(("policy",), full=True)
+        policy = self._count(("policy",))  # controllers are arch genes: the largest architecture
         joint = self._count(("arch", "policy"))
         return {
             "arch_cardinality": arch,
@@ -270,7 +321,8 @@ class SearchSpace:
                 "name": g.name,
                 "kind": g.kind,
                 "options": [_jsonable(o) for o in g.options],
-                **({"active_if": {"gene": g.active_if[0], "at_least": g.active_if[1]}} if g.active_if else {}),
+                **({"active_if": [{"gene": c, "at_least": _jsonable(t)} for c, t in g.conditions]}
+                   if g.active_if else {}),
             }
             for g in self.genes
         ]
