@@ -45,6 +45,38 @@ class Measurement:
         return asdict(self)
 
 
+def interleaved_samples(
+    runners: Mapping[str, Callable[[], Any]],
+    warmup: int = 10,
+    repeats: int = 100,
+    rounds: int = 5,
+    progress: Callable[[int, int], None] | None = None,
+) -> dict[str, list[np.ndarray]]:
+    """Raw timings (seconds) of each callable, one array per interleaved round."""
+    names = list(runners)
+    for name in names:
+        for _ in range(warmup):
+            runners[name]()
+    samples: dict[str, list[np.ndarray]] = {n: [] for n in names}
+    per_round = [repeats // rounds + (1 if r < repeats % rounds else 0) for r in range(rounds)]
+    clock = time.perf_counter
+    done = 0
+    for r, count in enumerate(per_round):
+        order = names if r % 2 == 0 else names[::-1]
+        for name in order:
+            fn = runners[name]
+            buf = []
+            for _ in range(count):
+                t0 = clock()
+                fn()
+                buf.append(clock() - t0)
+            samples[name].append(np.array(buf))
+            done += 1
+            if progress is not None:
+                progress(done, len(names) * rounds)
+    return samples
+
+
 def interleaved_timing(
     runners: Mapping[str, Callable[[], Any]],
     warmup: int = 10,
@@ -53,27 +85,8 @@ def interleaved_timing(
     progress: Callable[[int, int], None] | None = None,
 ) -> dict[str, Measurement]:
     """Time each zero-argument callable ``repeats`` times, split into ``rounds`` interleaved passes."""
-    names = list(runners)
-    for name in names:
-        for _ in range(warmup):
-            runners[name]()
-    samples: dict[str, list[float]] = {n: [] for n in names}
-    per_round = [repeats // rounds + (1 if r < repeats % rounds else 0) for r in range(rounds)]
-    clock = time.perf_counter
-    done = 0
-    for r, count in enumerate(per_round):
-        order = names if r % 2 == 0 else names[::-1]
-        for name in order:
-            fn = runners[name]
-            buf = samples[name]
-            for _ in range(count):
-                t0 = clock()
-                fn()
-                buf.append(clock() - t0)
-            done += 1
-            if progress is not None:
-                progress(done, len(names) * rounds)
-    return {n: Measurement.from_samples(np.array(samples[n])) for n in names}
+    raw = interleaved_samples(runners, warmup, repeats, rounds, progress)
+    return {n: Measurement.from_samples(np.concatenate(raw[n])) for n in raw}
 
 
 class Backend(ABC):
@@ -81,6 +94,7 @@ class Backend(ABC):
 
     name: str = ""
     package: str = ""  # the pip package that provides the runtime
+    simulated: bool = False  # True for analytic targets that profile layers without running ONNX
 
     def __init__(self, threads: int = 1):
         self.threads = threads
@@ -116,6 +130,12 @@ class Backend(ABC):
                 repeats: int = 100, rounds: int = 5) -> Measurement:
         runner = self.compile(onnx_path)
         return interleaved_timing({"m": lambda: runner(inputs)}, warmup, repeats, rounds)["m"]
+
+    def profile(self, spec: Any, warmup: int = 10, repeats: int = 100, rounds: int = 5) -> Measurement:
+        """Measure one LayerSpec as the profiler builds it (a one-layer ONNX model, INT8 via static PTQ)."""
+        from bitnas.latency_luts.profiler import measure_layer
+
+        return measure_layer(self, spec, warmup=warmup, repeats=repeats, rounds=rounds)
 
 
 _REGISTRY: dict[str, type[Backend]] = {}

@@ -38,6 +38,11 @@ def isa_flags() -> list[str]:
     return sorted(f for f in ISA_FLAGS if f in flags)
 
 
+def cpu_flags() -> set[str]:
+    """Every ISA flag this CPU reports (empty when /proc/cpuinfo is unreadable)."""
+    return _cpuinfo()[1]
+
+
 def has_vnni() -> bool:
     """True when the CPU has an INT8 dot-product instruction (AVX512-VNNI, AVX-VNNI, AMX or Arm dot)."""
     flags = set(isa_flags())
@@ -61,6 +66,17 @@ def _governor() -> str | None:
         return None
 
 
+def _frequency_khz() -> dict[str, int] | None:
+    base = Path("/sys/devices/system/cpu/cpu0/cpufreq")
+    out = {}
+    for name in ("scaling_min_freq", "scaling_max_freq", "cpuinfo_max_freq"):
+        try:
+            out[name] = int((base / name).read_text().strip())
+        except (OSError, ValueError):
+            continue
+    return out or None
+
+
 def device_fingerprint(threads: int) -> dict[str, Any]:
     """CPU model, ISA flags, logical cores, threads used, governor and library versions."""
     model, _ = _cpuinfo()
@@ -72,6 +88,7 @@ def device_fingerprint(threads: int) -> dict[str, Any]:
         "logical_cores": os.cpu_count(),
         "threads": threads,
         "governor": _governor(),
+        "frequency_khz": _frequency_khz(),
         "os": platform.system(),
         "python": platform.python_version(),
         "libraries": library_versions(),
@@ -82,4 +99,8 @@ def same_device(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
     """Fields on which two fingerprints disagree in a way that changes latency (empty if compatible)."""
     fields = ("cpu_model", "machine", "isa", "threads")
     diffs = [f for f in fields if a.get(f) != b.get(f)]
+    # the runtime and, for compiled or simulated targets, what was compiled for / simulated
+    for f in ("backend", "tvm_target", "accelerator"):
+        if (f in a or f in b) and a.get(f) != b.get(f):
+            diffs.append(f)
     return diffs

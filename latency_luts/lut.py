@@ -1,17 +1,25 @@
 """The latency lookup table: file format, validation, device check and queries.
 
-A network's predicted latency is the sum of its layers' entries. Each entry was measured as a one-layer
-model, so each includes the runtime's fixed per-call cost once; the table stores that cost (the latency of
-a trivial model) and counts it once per network instead of once per layer.
+A network's predicted latency is the sum of its units' latencies. Each entry was measured as a one-layer
+(or one-block) model, so each includes the runtime's fixed per-call cost once; the table stores that cost
+(the latency of a trivial model) and counts it once per network instead of once per entry.
+
+Fusion: an inverted-residual block (expand 1x1, depthwise, project 1x1) is the unit a runtime fuses. A
+block measured whole is used as measured; any other block is its layers' sum times a learned correction
+(a gradient-boosted regressor over the block's features, fitted on the measured blocks), and the
+prediction carries the regressor's cross-validated error as its uncertainty.
 """
 
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from bitnas.errors import LutError, UnknownLayerError
 from bitnas.fingerprint import same_device
@@ -19,8 +27,87 @@ from bitnas.io import atomic_write_json
 from bitnas.space import LayerSpec
 
 FORMAT = "bitnas-lut"
-VERSION = 1
+VERSION = 2
+READABLE_VERSIONS = (1, 2)
 STATS = ("median", "p10", "mean")
+
+
+def block_key(specs: Iterable[LayerSpec]) -> str:
+    """The LUT key of a fusion unit: its layers' keys joined."""
+    return "block:" + "+".join(s.key for s in specs)
+
+
+def is_block(a: LayerSpec, b: LayerSpec, c: LayerSpec) -> bool:
+    """True when three consecutive layers form an inverted-residual block (1x1, depthwise, 1x1)."""
+    return (a.op == b.op == c.op == "conv" and a.kernel == 1 and a.groups == 1 and b.groups == b.cin == b.cout == a.cout
+            and b.hw == a.hw and c.kernel == 1 and c.groups == 1 and c.cin == b.cout and c.hw == b.out_hw
+            and a.act != "none" and c.act == "none")
+
+
+def group_units(layers: list[LayerSpec]) -> list[list[LayerSpec]]:
+    """Split a network's layers into fusion units: inverted-residual blocks and lone layers."""
+    units, i = [], 0
+    while i < len(layers):
+        if i + 2 < len(layers) and is_block(*layers[i:i + 3]):
+            units.append(layers[i:i + 3])
+            i += 3
+        else:
+            units.append([layers[i]])
+            i += 1
+    return units
+
+
+def block_features(specs: list[LayerSpec], layer_ms: list[float]) -> list[float]:
+    """Features of a block for the fusion regressor."""
+    a, b, c = specs
+    return [np.log(a.cin), np.log(a.cout), np.log(c.cout), b.kernel, b.stride, np.log(a.hw), float(c.residual),
+            *[float(s.bits == (8, 8)) for s in specs], *np.log(np.maximum(layer_ms, 1e-4)),
+            float(np.log(max(sum(layer_ms), 1e-4)))]
+
+
+CALIBRATION_FEATURES = ("units_sum_ms", "units", "int8_boundaries", "one")
+
+
+def network_features(units_sum_ms: float, units: list[list[LayerSpec]]) -> list[float]:
+    """Features of the network-level calibration: per-unit sum, calls saved, INT8-to-INT8 unit boundaries."""
+    q = sum(1 for a, b in zip(units, units[1:]) if a[-1].bits == (8, 8) and b[0].bits == (8, 8))
+    return [units_sum_ms, float(len(units)), float(q), 1.0]
+
+
+class FusionModel:
+    """Learned ratio of a block's measured latency to its layers' sum, with its cross-validated error."""
+
+    def __init__(self, table: LatencyTable):
+        from sklearn.ensemble import GradientBoostingRegressor
+        from sklearn.model_selection import KFold, cross_val_predict
+
+        X, y = [], []
+        for key, blk in table.blocks.items():
+            specs = [table.spec_of(k, key) for k in blk["layers"]]
+            layer_ms = [table.layer_latency(s) for s in specs]
+            measured = table.block_latency(key)
+            if measured <= 0 or sum(layer_ms) <= 0:
+                continue
+            X.append(block_features(specs, layer_ms))
+            y.append(np.log(measured / sum(layer_ms)))
+        self.n = len(y)
+        if self.n < 10:
+            self.reg = None
+            self.mean = float(np.mean(y)) if y else 0.0
+            self.sd = float(np.std(y)) if len(y) > 1 else 0.1
+            return
+        X, y = np.array(X), np.array(y)
+        self.reg = GradientBoostingRegressor(n_estimators=200, max_depth=3, learning_rate=0.05, subsample=0.8,
+                                             random_state=0)
+        cv = cross_val_predict(self.reg, X, y, cv=KFold(5, shuffle=True, random_state=0))
+        self.sd = float(np.sqrt(np.mean((cv - y) ** 2)))
+        self.reg.fit(X, y)
+        self.mean = float(np.mean(y))
+
+    def ratio(self, specs: list[LayerSpec], layer_ms: list[float]) -> float:
+        if self.reg is None:
+            return float(np.exp(self.mean))
+        return float(np.exp(self.reg.predict(np.array([block_features(specs, layer_ms)]))[0]))
 
 
 @dataclass
@@ -32,6 +119,10 @@ class LatencyTable:
     overhead: dict[str, float] = field(default_factory=dict)
     space: str | None = None
     source: str = "<memory>"
+    blocks: dict[str, dict[str, Any]] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+    calibration: dict[str, Any] = field(default_factory=dict)
+    _fusion: Any = field(default=None, init=False, repr=False, compare=False)
 
     @property
     def statistic(self) -> str:
@@ -39,6 +130,15 @@ class LatencyTable:
 
     def _value(self, entry: dict[str, Any], what: str = "latency") -> float:
         return float(entry[f"{self.statistic}_ms"]) if what == "latency" else float(entry[what])
+
+    def _overhead(self) -> float:
+        return float(self.overhead.get(f"{self.statistic}_ms", 0.0))
+
+    def spec_of(self, key: str, where: str = "") -> LayerSpec:
+        entry = self.entries.get(key)
+        if entry is None or "spec" not in entry:
+            raise LutError(f"{self.source}: {where or 'table'} refers to layer '{key}', which has no entry")
+        return LayerSpec.from_dict(entry["spec"])
 
     def layer_latency(self, spec: LayerSpec) -> float:
         """The layer's own latency: its entry less the per-call overhead (never negative)."""
@@ -48,13 +148,62 @@ class LatencyTable:
                 f"{self.source}: no entry for layer '{spec.name or '?'}' (key {spec.key}); "
                 f"re-profile the target for this space"
             )
-        return max(self._value(entry) - self.overhead.get(f"{self.statistic}_ms", 0.0), 0.0)
+        return max(self._value(entry) - self._overhead(), 0.0)
+
+    def block_latency(self, key: str) -> float:
+        return max(self._value(self.blocks[key]) - self._overhead(), 0.0)
+
+    def _sd(self, entry: dict[str, Any]) -> float:
+        """Standard error of an entry's statistic, from its spread (IQR/1.349 ~ sd)."""
+        n = max(int(entry.get("n", 1)), 1)
+        return float(entry.get("iqr_ms", 0.0)) / 1.349 * 1.253 / math.sqrt(n)
+
+    @property
+    def fusion(self) -> FusionModel | None:
+        if not self.blocks:
+            return None
+        if self._fusion is None:
+            self._fusion = FusionModel(self)
+        return self._fusion
 
     def predict(self, layers: Iterable[LayerSpec]) -> dict[str, float]:
-        """Predicted latency (ms) of a network made of ``layers``; energy where the table has it."""
+        """Predicted latency (ms) of a network made of ``layers``, with its uncertainty; energy if known.
+
+        Keys: ``latency_ms``, ``latency_sd_ms`` (1 sigma), ``latency_layer_sum_ms`` (no fusion
+        correction), ``blocks_measured``, ``blocks_corrected``, and ``energy_mj`` where the table has it.
+        """
         layers = list(layers)
-        latency = sum(self.layer_latency(s) for s in layers) + self.overhead.get(f"{self.statistic}_ms", 0.0)
-        out = {"latency_ms": latency}
+        ov = self._overhead()
+        layer_sum = sum(self.layer_latency(s) for s in layers) + ov
+        latency, var = ov, 0.0
+        measured = corrected = 0
+        units = group_units(layers) if self.blocks else [[s] for s in layers]
+        for unit in units:
+            if len(unit) == 3:
+                key = block_key(unit)
+                if key in self.blocks:
+                    latency += self.block_latency(key)
+                    var += self._sd(self.blocks[key]) ** 2
+                    measured += 1
+                    continue
+                layer_ms = [self.layer_latency(s) for s in unit]
+                est = sum(layer_ms) * self.fusion.ratio(unit, layer_ms)
+                latency += est
+                var += (est * self.fusion.sd) ** 2 + sum(self._sd(self.entries[s.key]) ** 2 for s in unit)
+                corrected += 1
+                continue
+            for s in unit:
+                latency += self.layer_latency(s)
+                var += self._sd(self.entries[s.key]) ** 2
+        out = {"latency_ms": latency, "latency_sd_ms": math.sqrt(var), "latency_layer_sum_ms": layer_sum,
+               "blocks_measured": measured, "blocks_corrected": corrected}
+        if self.calibration:
+            feats = network_features(latency - ov, units)
+            coef = self.calibration["coef"]
+            out["latency_uncalibrated_ms"] = latency
+            out["latency_ms"] = float(sum(c * f for c, f in zip(coef, feats)))
+            rel = float(self.calibration.get("residual_sd_rel", 0.0))
+            out["latency_sd_ms"] = math.sqrt(var + (rel * out["latency_ms"]) ** 2)
         if all("energy_mj" in self.entries.get(s.key, {}) for s in layers) and layers:
             out["energy_mj"] = sum(float(self.entries[s.key]["energy_mj"]) for s in layers)
         return out
@@ -76,6 +225,9 @@ class LatencyTable:
             "measurement": self.measurement,
             "overhead": self.overhead,
             "entries": self.entries,
+            "blocks": self.blocks,
+            "calibration": self.calibration,
+            "notes": self.notes,
         }
 
     def save(self, path: str | Path) -> Path:
@@ -87,8 +239,9 @@ class LatencyTable:
             raise LutError(f"{source}: a latency table must be a JSON object")
         if data.get("format") != FORMAT:
             raise LutError(f"{source}: field 'format' is {data.get('format')!r}, expected '{FORMAT}'")
-        if data.get("version") != VERSION:
-            raise LutError(f"{source}: field 'version' is {data.get('version')!r}; this bitnas reads {VERSION}")
+        if data.get("version") not in READABLE_VERSIONS:
+            raise LutError(f"{source}: field 'version' is {data.get('version')!r}; this bitnas reads "
+                           f"{', '.join(map(str, READABLE_VERSIONS))}")
         for key, typ in (("target", str), ("fingerprint", dict), ("measurement", dict), ("entries", dict)):
             if not isinstance(data.get(key), typ):
                 raise LutError(f"{source}: field '{key}' missing or not a {typ.__name__}")
@@ -100,9 +253,31 @@ class LatencyTable:
                 raise LutError(f"{source}: entry '{key}' lacks a numeric '{stat}_ms'")
             if entry[f"{stat}_ms"] < 0:
                 raise LutError(f"{source}: entry '{key}' has a negative latency")
+            if "spec" in entry:
+                try:
+                    spec = LayerSpec.from_dict(entry["spec"])
+                except TypeError as exc:
+                    raise LutError(f"{source}: entry '{key}' has a malformed 'spec' ({exc})") from None
+                if spec.key != key:
+                    raise LutError(f"{source}: entry '{key}' holds the spec of another layer ({spec.key})")
+        blocks = data.get("blocks") or {}
+        if not isinstance(blocks, dict):
+            raise LutError(f"{source}: field 'blocks' is not an object")
+        for key, blk in blocks.items():
+            if not isinstance(blk, dict) or not isinstance(blk.get(f"{stat}_ms"), (int, float)) or blk[f"{stat}_ms"] < 0:
+                raise LutError(f"{source}: block '{key}' lacks a non-negative numeric '{stat}_ms'")
+            layers = blk.get("layers")
+            if not isinstance(layers, list) or len(layers) != 3 or any(k not in data["entries"] for k in layers):
+                raise LutError(f"{source}: block '{key}' field 'layers' must list 3 layer keys present in 'entries'")
+            if key != "block:" + "+".join(layers):
+                raise LutError(f"{source}: block '{key}' does not match its 'layers'")
+        overhead = data.get("overhead") or {}
+        if not isinstance(overhead, dict) or any(not isinstance(v, (int, float)) for v in overhead.values()):
+            raise LutError(f"{source}: field 'overhead' must map statistics to numbers")
         return LatencyTable(
             target=data["target"], fingerprint=data["fingerprint"], measurement=data["measurement"],
-            entries=data["entries"], overhead=data.get("overhead") or {}, space=data.get("space"), source=source,
+            entries=data["entries"], overhead=overhead, space=data.get("space"), source=source,
+            blocks=blocks, notes=list(data.get("notes") or []), calibration=_calibration(data, source),
         )
 
     @staticmethod
@@ -115,3 +290,43 @@ class LatencyTable:
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise LutError(f"{path}: not valid JSON ({exc})") from None
         return LatencyTable.from_dict(data, str(path))
+
+
+def _calibration(data: dict[str, Any], source: str) -> dict[str, Any]:
+    cal = data.get("calibration") or {}
+    if not isinstance(cal, dict):
+        raise LutError(f"{source}: field 'calibration' is not an object")
+    if cal:
+        coef = cal.get("coef")
+        if (not isinstance(coef, list) or len(coef) != len(CALIBRATION_FEATURES)
+                or not all(isinstance(c, (int, float)) and math.isfinite(c) for c in coef)):
+            raise LutError(f"{source}: field 'calibration.coef' must hold {len(CALIBRATION_FEATURES)} finite numbers")
+    return cal
+
+
+def overhead_summary(overheads: list[dict[str, float]]) -> dict[str, float]:
+    """The per-call overhead over measurement chunks: the median of each statistic."""
+    if not overheads:
+        return {}
+    out = {k: float(np.median([o[k] for o in overheads])) for k in ("median_ms", "p10_ms", "mean_ms", "iqr_ms")}
+    out["n"] = int(sum(o.get("n", 0) for o in overheads))
+    out["chunks"] = len(overheads)
+    return out
+
+
+def table_from_results(target: str, fingerprint: dict[str, Any], measurement: dict[str, Any], space: str | None,
+                       items: Iterable[tuple[str, str, tuple[LayerSpec, ...]]], results: dict[str, dict[str, Any]],
+                       overheads: list[dict[str, float]], notes: Iterable[str] = ()) -> LatencyTable:
+    """A LatencyTable from (key, kind, specs) items and their measured results."""
+    entries, blocks = {}, {}
+    for key, kind, specs in items:
+        if key not in results:
+            raise LutError(f"results lack a measurement for {kind} '{key}'")
+        r = {k: v for k, v in results[key].items() if k != "kind"}
+        if kind == "layer":
+            entries[key] = {"spec": specs[0].to_dict(), **r}
+        elif kind == "block":
+            blocks[key] = {"layers": [s.key for s in specs], **r}
+    table = LatencyTable(target=target, fingerprint=fingerprint, measurement=measurement, entries=entries,
+                         overhead=overhead_summary(overheads), space=space, blocks=blocks, notes=list(notes))
+    return LatencyTable.from_dict(table.to_dict(), "<profiled>")

@@ -1,0 +1,207 @@
+"""Fidelity check: random subnets measured end to end on the target against the LUT's prediction.
+
+Subnets are drawn across the space's whole predicted-latency range (a large random pool with mixed
+INT8/FP32 policies, then evenly spaced quantiles of its predictions). Each is exported as the compiler
+exports it (BN folded, INT8 layers quantized QDQ by INC) and all are timed interleaved. The statistic is
+the LUT's; the measurement's own repeatability is reported from two disjoint halves of the rounds.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bitnas.errors import LutError, UserError
+from bitnas.latency_luts.lut import LatencyTable
+
+TARGET_BACKEND = {"ort-cpu": "ort", "openvino-cpu": "openvino", "tvm-llvm": "tvm"}
+
+
+def metrics(pred: np.ndarray, meas: np.ndarray) -> dict[str, float]:
+    """MAPE (%), Kendall's tau and the share within +-10% of ``pred`` against ``meas``."""
+    from scipy.stats import kendalltau
+
+    err = np.abs(pred - meas) / meas
+    tau = kendalltau(pred, meas).statistic if len(pred) > 1 else float("nan")
+    return {"mape": float(100 * err.mean()), "kendall_tau": float(tau), "within_10pct": float((err <= 0.10).mean())}
+
+
+def draw_candidates(space, supernet, lut: LatencyTable, n: int, seed: int, pool: int = 0,
+                    exclude: set[str] | None = None) -> list:
+    """``n`` distinct candidates spread evenly over the predicted latency range of a random pool."""
+    rng = np.random.default_rng(seed)
+    pool = pool or max(20 * n, 200)
+    cands, seen = [], set(exclude or ())
+    for i in range(pool):
+        c = space.sample(rng)
+        # policies: a third all-float, a third all-INT8, a third mixed per layer (as sampled)
+        mode = i % 3
+        if mode < 2:
+            bits = (32, 32) if mode == 0 else (8, 8)
+            c = space.make(c.arch_dict, {g.name: bits for g in space.policy_genes})
+        if c.id not in seen:
+            seen.add(c.id)
+            cands.append(c)
+    preds = np.array([lut.predict(supernet.layers(c))["latency_ms"] for c in cands])
+    order = np.argsort(preds)
+    picks = np.unique(np.round(np.linspace(0, len(cands) - 1, n)).astype(int))
+    return [cands[order[i]] for i in picks]
+
+
+def build_subnet_model(supernet, candidate, folder: Path, reduce_range: bool, in_shape: tuple[int, ...]) -> Path:
+    """The candidate's ONNX model as the compiler exports it: BN folded, INT8 layers quantized QDQ by INC."""
+    from bitnas.passes.export_onnx import export_static
+    from bitnas.passes.inc_ptq import inc_quantize_qdq
+
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{candidate.id}{'_rr' if reduce_range else ''}.onnx"
+    if path.exists():
+        return path
+    fp32 = folder / f"{candidate.id}_fp32.onnx"
+    if not fp32.exists():
+        export_static(supernet.extract(candidate), fp32, in_shape)
+    nodes = [s.name for s in supernet.layers(candidate) if s.bits == (8, 8)]
+    if not nodes:
+        return fp32
+    rng = np.random.default_rng(0)
+    calib = [rng.normal(0, 1, (1, *in_shape)).astype(np.float32) for _ in range(4)]
+    inc_quantize_qdq(fp32, path, nodes, calib, reduce_range)
+    return path
+
+
+def _measure(backend, supernet, cands, folder: Path, reduce_range: bool, in_shape, warmup: int, repeats: int,
+             rounds: int, progress=None) -> dict[str, list[np.ndarray]]:
+    from bitnas.backends.base import interleaved_samples
+    from bitnas.passes.export_onnx import INPUT_NAME
+
+    runners = {}
+    for i, c in enumerate(cands):
+        run = backend.compile(build_subnet_model(supernet, c, folder, reduce_range, in_shape))
+        x = {INPUT_NAME: np.random.default_rng(i).normal(0, 1, (1, *in_shape)).astype(np.float32)}
+        runners[c.id] = lambda r=run, xx=x: r(xx)
+        if progress:
+            progress(i + 1, len(cands), "build")
+    return interleaved_samples(runners, warmup, repeats, rounds)
+
+
+def calibrate(lut: LatencyTable, backend, space_name: str, samples: int = 24, seed: int = 1000,
+              repeats: int = 100, rounds: int = 10, warmup: int = 10, image_size: int = 32, in_channels: int = 1,
+              workdir: str | Path | None = None) -> dict[str, Any]:
+    """Fit the network-level correction (per-unit sum, calls, INT8 boundaries) on measured subnets.
+
+    The subnets (seed ``seed``) are recorded so that ``validate`` never scores the LUT on them.
+    """
+    import tempfile
+
+    from bitnas.backends.base import Measurement
+    from bitnas.latency_luts.lut import CALIBRATION_FEATURES, group_units, network_features
+    from bitnas.supernets import build_supernet
+
+    if samples < 8:
+        raise UserError(f"calibration needs at least 8 subnets (it fits 4 coefficients), not {samples}")
+    base = LatencyTable.from_dict({**lut.to_dict(), "calibration": {}}, lut.source)
+    supernet = build_supernet(space_name, in_channels=in_channels, image_size=image_size).eval()
+    cands = draw_candidates(supernet.space, supernet, base, samples, seed)
+    in_shape = (in_channels, image_size, image_size)
+    with tempfile.TemporaryDirectory(prefix="bitnas-calibrate-") as tmp:
+        raw = _measure(backend, supernet, cands, Path(workdir) if workdir else Path(tmp),
+                       bool(lut.measurement.get("reduce_range", False)), in_shape, warmup, repeats, rounds)
+    meas = np.array([Measurement.from_samples(np.concatenate(raw[c.id])).stat(lut.statistic) for c in cands])
+    X = []
+    for c in cands:
+        layers = supernet.layers(c)
+        p = base.predict(layers)
+        units = group_units(layers) if base.blocks else [[s] for s in layers]
+        X.append(network_features(p["latency_ms"] - base._overhead(), units))
+    X = np.array(X)
+    coef, *_ = np.linalg.lstsq(X, meas, rcond=None)
+    hat = X @ np.linalg.pinv(X.T @ X) @ X.T
+    loo = (meas - X @ coef) / np.maximum(1 - np.diag(hat), 1e-6)  # leave-one-out residuals
+    return {"features": list(CALIBRATION_FEATURES), "coef": [float(c) for c in coef], "samples": len(cands),
+            "seed": seed, "statistic": lut.statistic, "residual_sd_rel": float(np.sqrt(np.mean((loo / meas) ** 2))),
+            "ids": [c.id for c in cands],
+            "method": "least squares of measured end-to-end latency on the features; sd from leave-one-out"}
+
+
+def plot_scatter(pred: np.ndarray, sd: np.ndarray, meas: np.ndarray, title: str, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5.5, 5))
+    ax.errorbar(meas, pred, yerr=2 * sd, fmt="o", ms=4, alpha=0.7, label="subnet (2 sigma)")
+    lo, hi = min(pred.min(), meas.min()) * 0.9, max(pred.max(), meas.max()) * 1.1
+    ax.plot([lo, hi], [lo, hi], "k-", lw=1, label="y = x")
+    ax.fill_between([lo, hi], [lo * 0.9, hi * 0.9], [lo * 1.1, hi * 1.1], color="gray", alpha=0.2, label="+-10%")
+    ax.set_xlabel("measured latency (ms)")
+    ax.set_ylabel("predicted latency (ms, LUT)")
+    ax.set_title(title, fontsize=9)
+    ax.legend(loc="upper left", fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def validate(lut_path: str | Path, space_name: str, samples: int, target: str | None = None,
+             threads: int | None = None, repeats: int = 100, rounds: int = 10, warmup: int = 10, seed: int = 1,
+             force: bool = False, plot: str | Path | None = None, workdir: str | Path | None = None,
+             image_size: int = 32, in_channels: int = 1, progress=None) -> dict[str, Any]:
+    """Measure ``samples`` subnets end to end on the LUT's target and report the LUT's fidelity."""
+    import tempfile
+
+    from bitnas.backends import get_backend
+    from bitnas.backends.base import Measurement
+    from bitnas.supernets import build_supernet
+
+    lut = LatencyTable.load(lut_path)
+    target = target or lut.target
+    if target not in TARGET_BACKEND:
+        raise UserError(f"--target: '{target}' cannot be measured end to end (known: {', '.join(TARGET_BACKEND)})")
+    if target != lut.target and not force:
+        raise LutError(f"{lut_path}: table is for target '{lut.target}', not '{target}'; pass --force-lut to use it")
+    if samples < 2 or rounds < 2:
+        raise UserError("--samples and --rounds must be at least 2")
+    threads = threads or int(lut.measurement.get("threads", 1))
+    backend = get_backend(TARGET_BACKEND[target], threads=threads)
+    lut.check_device(backend.fingerprint(), force)
+    if lut.space and lut.space != space_name and not force:
+        raise LutError(f"{lut_path}: table was profiled for space '{lut.space}', not '{space_name}'")
+    reduce_range = bool(lut.measurement.get("reduce_range", False))
+    supernet = build_supernet(space_name, in_channels=in_channels, image_size=image_size).eval()
+    cands = draw_candidates(supernet.space, supernet, lut, samples, seed,
+                            exclude=set(lut.calibration.get("ids", [])))
+    preds = [lut.predict(supernet.layers(c)) for c in cands]
+    in_shape = (in_channels, image_size, image_size)
+    stat = lut.statistic
+    with tempfile.TemporaryDirectory(prefix="bitnas-validate-") as tmp:
+        raw = _measure(backend, supernet, cands, Path(workdir) if workdir else Path(tmp), reduce_range, in_shape,
+                       warmup, repeats, rounds, progress)
+    meas = np.array([Measurement.from_samples(np.concatenate(raw[c.id])).stat(stat) for c in cands])
+    half_a = np.array([Measurement.from_samples(np.concatenate(raw[c.id][0::2])).stat(stat) for c in cands])
+    half_b = np.array([Measurement.from_samples(np.concatenate(raw[c.id][1::2])).stat(stat) for c in cands])
+    pred = np.array([p["latency_ms"] for p in preds])
+    sd = np.array([p.get("latency_sd_ms", 0.0) for p in preds])
+    plain = np.array([p.get("latency_layer_sum_ms", p["latency_ms"]) for p in preds])
+    uncal = np.array([p.get("latency_uncalibrated_ms", p["latency_ms"]) for p in preds])
+    report: dict[str, Any] = {"target": target, "lut": str(lut_path), "space": space_name, "samples": len(cands),
+                              "statistic": stat, "threads": threads, "repeats": repeats, "rounds": rounds,
+                              **metrics(pred, meas)}
+    report["layer_sum_only"] = metrics(plain, meas)
+    report["units_without_calibration"] = metrics(uncal, meas)
+    report["calibrated"] = bool(lut.calibration)
+    report["repeatability"] = {**metrics(half_a, half_b), "note": "half of the rounds against the other half"}
+    report["coverage_2sigma"] = float((np.abs(pred - meas) <= 2 * sd).mean())
+    report["measured_range_ms"] = [float(meas.min()), float(meas.max())]
+    report["subnets"] = [{"id": c.id, "predicted_ms": float(p), "predicted_sd_ms": float(s), "layer_sum_ms": float(q),
+                          "measured_ms": float(m), "int8_layers": sum(1 for ls in supernet.layers(c) if ls.bits == (8, 8)),
+                          "layers": len(supernet.layers(c))}
+                         for c, p, s, q, m in zip(cands, pred, sd, plain, meas)]
+    plot_path = Path(plot) if plot else Path(lut_path).with_suffix(".validate.png")
+    plot_scatter(pred, sd, meas, f"{target} {space_name}: MAPE {report['mape']:.1f}%, tau {report['kendall_tau']:.2f}, "
+                 f"within 10% {report['within_10pct']:.2f}", plot_path)
+    report["plot"] = str(plot_path)
+    return report

@@ -1,0 +1,111 @@
+"""One conformance suite every executing backend passes (ORT, OpenVINO, TVM), plus TVM specifics."""
+
+import numpy as np
+import onnx
+import pytest
+
+from bitnas.backends import backend_names, get_backend
+from bitnas.backends.base import Measurement
+from bitnas.errors import ArtifactError, UnsupportedBackendError
+from bitnas.fingerprint import cpu_flags
+from bitnas.latency_luts.profiler import input_for, write_unit_model
+from bitnas.space import LayerSpec
+
+EXECUTING = ["ort", "openvino", "tvm"]
+BLOCK = [LayerSpec("conv", 8, 24, 1, 1, 1, 8, "relu6"), LayerSpec("conv", 24, 24, 3, 1, 24, 8, "relu6"),
+         LayerSpec("conv", 24, 8, 1, 1, 1, 8, "none", residual=True)]
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("models")
+    fp32 = write_unit_model(BLOCK, folder, reduce_range=False)
+    int8 = write_unit_model([s.with_bits((8, 8)) for s in BLOCK], folder, reduce_range=False)
+    x = input_for(BLOCK)
+    ref32 = get_backend("ort").run(fp32, x)[0]
+    ref8 = get_backend("ort").run(int8, x)[0]
+    return fp32, int8, x, ref32, ref8
+
+
+def test_registry_knows_every_target():
+    assert {"ort", "openvino", "tvm", "bitfusion"} <= set(backend_names())
+    with pytest.raises(UnsupportedBackendError, match="unknown backend 'nope'"):
+        get_backend("nope")
+
+
+@pytest.mark.parametrize("name", EXECUTING)
+def test_backend_runs_float_and_int8_qdq_like_ort(name, models):
+    fp32, int8, x, ref32, ref8 = models
+    b = get_backend(name)
+    np.testing.assert_allclose(b.run(fp32, x)[0], ref32, rtol=1e-3, atol=1e-3)
+    # INT8 kernels may round differently from ORT's; the outputs must still agree to a few quantization steps
+    out8 = b.run(int8, x)[0]
+    assert out8.shape == ref8.shape
+    assert np.abs(out8 - ref8).mean() < 0.05 * np.abs(ref8).mean() + 1e-3
+
+
+@pytest.mark.parametrize("name", EXECUTING)
+def test_backend_measures_and_fingerprints(name, models):
+    fp32, _, x, _, _ = models
+    b = get_backend(name)
+    m = b.measure(fp32, x, warmup=1, repeats=6, rounds=2)
+    assert isinstance(m, Measurement) and m.n == 6 and 0 < m.p10_ms <= m.median_ms
+    fp = b.fingerprint()
+    assert fp["backend"] == name and fp["threads"] == 1 and fp["runtime_version"]
+    p = b.profile(BLOCK[0], warmup=1, repeats=4, rounds=2)
+    assert p.n == 4 and p.median_ms > 0
+
+
+@pytest.mark.parametrize("name", EXECUTING)
+def test_backend_rejects_a_corrupt_model(name, tmp_path):
+    bad = tmp_path / "bad.onnx"
+    bad.write_bytes(b"not a model")
+    with pytest.raises(ArtifactError, match="bad.onnx"):
+        get_backend(name).compile(bad)
+
+
+def test_tvm_targets_this_cpu():
+    from bitnas.backends.tvm import host_target_dict
+
+    t = host_target_dict(1)
+    assert t["kind"] == "llvm"
+    flags = cpu_flags()
+    if "avx512f" in flags:
+        assert "+avx512f" in t["mattr"]
+    if "avx512_vnni" in flags:
+        assert "+avx512vnni" in t["mattr"]
+    if flags:
+        assert t.get("mcpu")  # LLVM recognizes every x86/Arm host CPU the CI runs on
+    assert get_backend("tvm").fingerprint()["tvm_target"] == t
+
+
+def test_tvm_refuses_4bit_onnx_types(models, tmp_path):
+    from onnx import TensorProto, helper, numpy_helper
+
+    w = numpy_helper.from_array(np.zeros((4, 4), np.int8), "w")
+    w4 = helper.make_tensor("w4", TensorProto.INT4, [4, 4], np.zeros(16, np.int8).tolist())
+    x = helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 4])
+    y = helper.make_tensor_value_info("out", TensorProto.FLOAT, [1, 4])
+    nodes = [helper.make_node("DequantizeLinear", ["w4", "s"], ["wf"], name="dq4"),
+             helper.make_node("MatMul", ["input", "wf"], ["out"], name="mm")]
+    s = numpy_helper.from_array(np.array(0.1, np.float32), "s")
+    g = helper.make_graph(nodes, "g", [x], [y], [w4, s, w])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 21)])
+    p = tmp_path / "int4.onnx"
+    onnx.save(m, str(p))
+    with pytest.raises(UnsupportedBackendError, match="4-bit"):
+        get_backend("tvm").compile(p)
+
+
+def test_tvm_runs_any_batch_of_a_dynamic_batch_model(models, tmp_path):
+    fp32, _, x, _, _ = models
+    m = onnx.load(str(fp32))
+    for vi in list(m.graph.input) + list(m.graph.output):
+        vi.type.tensor_type.shape.dim[0].dim_param = "batch"
+    p = tmp_path / "dyn.onnx"
+    onnx.save(m, str(p))
+    run = get_backend("tvm").compile(p)
+    xb = np.concatenate([x["input"]] * 5)
+    ref = get_backend("ort").run(p, {"input": xb})[0]
+    np.testing.assert_allclose(run({"input": xb})[0], ref, rtol=1e-3, atol=1e-3)
+    assert run(x)[0].shape[0] == 1

@@ -1,0 +1,171 @@
+"""Profiling with fusion units, checkpoint/resume, the LUT v2 format, and the profile/validate CLI."""
+
+import json
+
+import numpy as np
+import pytest
+
+from bitnas.backends import get_backend
+from bitnas.cli import main
+from bitnas.errors import LutError
+from bitnas.latency_luts import LatencyTable
+from bitnas.latency_luts.lut import block_key, group_units
+from bitnas.latency_luts.profiler import layer_items, measure_items, profile
+from bitnas.latency_luts.units import all_blocks, space_layers
+from bitnas.space import LayerSpec
+
+BLOCKS = [
+    (LayerSpec("conv", 8, 24, 1, 1, 1, 8, "relu6"), LayerSpec("conv", 24, 24, 3, 1, 24, 8, "relu6"),
+     LayerSpec("conv", 24, 8, 1, 1, 1, 8, "none", residual=True)),
+    (LayerSpec("conv", 8, 32, 1, 1, 1, 8, "relu6"), LayerSpec("conv", 32, 32, 5, 2, 32, 8, "relu6"),
+     LayerSpec("conv", 32, 12, 1, 1, 1, 4, "none")),
+]
+BITS = [(32, 32), (8, 8)]
+
+
+@pytest.fixture(scope="module")
+def lut():
+    specs = [s for b in BLOCKS for s in b] + [LayerSpec("linear", 12, 10, hw=4)]
+    return profile(get_backend("ort"), specs, BITS, "ort-cpu", reduce_range=False, warmup=1, repeats=10, rounds=2,
+                   statistic="p10", space="test", blocks=BLOCKS, mixed_fraction=0.5)
+
+
+def test_blocks_are_measured_whole_and_used(lut):
+    assert len(lut.blocks) >= 4  # every block at both uniform bit options, plus mixed ones
+    layers = list(BLOCKS[0]) + list(BLOCKS[1]) + [LayerSpec("linear", 12, 10, hw=4)]
+    p = lut.predict(layers)
+    assert p["blocks_measured"] == 2 and p["blocks_corrected"] == 0
+    expected = sum(lut.block_latency(block_key(b)) for b in BLOCKS) + lut.layer_latency(layers[-1]) + lut._overhead()
+    assert p["latency_ms"] == pytest.approx(expected)
+    assert p["latency_sd_ms"] >= 0 and p["latency_layer_sum_ms"] > 0
+
+
+def test_unmeasured_block_gets_a_learned_correction_with_uncertainty(lut):
+    mixed = [b for b in (tuple(s.with_bits(bits) for s, bits in zip(BLOCKS[0], pol))
+                         for pol in [((8, 8), (32, 32), (8, 8)), ((32, 32), (8, 8), (32, 32)),
+                                     ((8, 8), (8, 8), (32, 32)), ((32, 32), (32, 32), (8, 8))])
+             if block_key(b) not in lut.blocks]
+    assert mixed, "the sample measured every mixed policy; lower mixed_fraction"
+    p = lut.predict(list(mixed[0]))
+    assert p["blocks_corrected"] == 1 and p["latency_sd_ms"] > 0
+    assert 0.2 * p["latency_layer_sum_ms"] < p["latency_ms"] < 3 * p["latency_layer_sum_ms"]
+
+
+def test_group_units_finds_blocks_and_all_blocks_covers_the_space():
+    from bitnas.supernets import build_supernet
+
+    net = build_supernet("mbv2-tiny")
+    keys = {tuple(s.key for s in b) for b in all_blocks(net.d)}
+    rng = np.random.default_rng(0)
+    for _ in range(30):
+        layers = [s.with_bits((32, 32)) for s in net.layers(net.space.sample(rng))]
+        units = group_units(layers)
+        blocks = [u for u in units if len(u) == 3]
+        assert 3 * len(blocks) == len(layers) - 3  # stem, head, classifier stay single
+        assert all(tuple(s.key for s in b) in keys for b in blocks)
+
+
+def test_interrupted_profile_resumes_from_its_checkpoint(tmp_path):
+    items = layer_items([s for b in BLOCKS for s in b], [(32, 32)])
+    backend = get_backend("ort")
+    ckpt = tmp_path / "lut.json.partial.json"
+    calls = {"n": 0}
+
+    class Stop(Exception):
+        pass
+
+    def on_chunk(results, overheads):
+        json.dump({"settings": "s", "results": results, "overheads": overheads}, ckpt.open("w"))
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise Stop
+
+    with pytest.raises(Stop):
+        measure_items(backend, items, tmp_path / "m", False, 1, 4, 2, chunk=2, on_chunk=on_chunk)
+    from bitnas.latency_luts.profiler import load_checkpoint
+
+    done = load_checkpoint(ckpt, "s")
+    assert len(done["results"]) == 2
+    first = dict(done["results"])
+    results, overheads = measure_items(backend, items, tmp_path / "m", False, 1, 4, 2, chunk=2, done=done)
+    assert set(results) == {it.key for it in items} and len(overheads) == 3
+    assert all(results[k] == v for k, v in first.items())  # not re-measured
+    assert load_checkpoint(ckpt, "other settings")["results"] == {}
+    ckpt.write_text("{broken")
+    with pytest.raises(LutError, match="checkpoint is corrupt"):
+        load_checkpoint(ckpt, "s")
+
+
+def test_v2_file_round_trip_and_bad_blocks(lut, tmp_path):
+    p = tmp_path / "lut.json"
+    lut.save(p)
+    again = LatencyTable.load(p)
+    assert again.blocks == lut.blocks and again.statistic == "p10"
+    data = json.loads(p.read_text())
+    key = next(iter(data["blocks"]))
+    bad = json.loads(json.dumps(data))
+    bad["blocks"][key]["layers"] = bad["blocks"][key]["layers"][:2]
+    (tmp_path / "bad.json").write_text(json.dumps(bad))
+    with pytest.raises(LutError, match=r"bad.json: block 'block:conv.*'layers'"):
+        LatencyTable.load(tmp_path / "bad.json")
+    bad = json.loads(json.dumps(data))
+    k0 = next(iter(bad["entries"]))
+    bad["entries"][k0]["spec"]["cin"] = 999
+    (tmp_path / "bad.json").write_text(json.dumps(bad))
+    with pytest.raises(LutError, match="holds the spec of another layer"):
+        LatencyTable.load(tmp_path / "bad.json")
+    bad = json.loads(json.dumps(data))
+    bad["version"] = 99
+    (tmp_path / "bad.json").write_text(json.dumps(bad))
+    with pytest.raises(LutError, match="field 'version'"):
+        LatencyTable.load(tmp_path / "bad.json")
+
+
+def test_lut_of_another_backend_is_refused(lut):
+    with pytest.raises(LutError, match="backend"):
+        lut.check_device(get_backend("openvino").fingerprint())
+
+
+def test_shipped_luts_load_and_cover_the_space():
+    from pathlib import Path
+
+    import bitnas.latency_luts as pkg
+
+    _, specs, _ = space_layers("mbv2-tiny")
+    for target in ("ort-cpu", "openvino-cpu"):
+        path = Path(pkg.__file__).with_name(f"{target}_mbv2-tiny.json")
+        lut = LatencyTable.load(path)
+        assert lut.target == target and lut.space == "mbv2-tiny" and lut.blocks
+        assert all(s.with_bits(b).key in lut.entries for s in specs for b in BITS)
+
+
+def test_profile_and_validate_cli(tmp_path, capsys):
+    out = tmp_path / "ort.json"
+    assert main(["profile", "--target", "ort-cpu", "--space", "mbv2-tiny", "--out", str(out), "--no-blocks",
+                 "--repeats", "3", "--rounds", "1", "--warmup", "1", "--chunk", "400"]) == 0
+    lut = LatencyTable.load(out)
+    assert len(lut.entries) == 246 and lut.measurement["statistic"] == "p10"
+    assert not out.with_name(out.name + ".partial.json").exists()
+    capsys.readouterr()
+    assert main(["lut", "validate", "--lut", str(out), "--space", "mbv2-tiny", "--samples", "3", "--repeats", "4",
+                 "--rounds", "2", "--json", "--plot", str(tmp_path / "v.png")]) == 0
+    report = json.loads(capsys.readouterr().out)
+    for k in ("mape", "kendall_tau", "within_10pct", "repeatability", "layer_sum_only"):
+        assert k in report
+    assert report["samples"] == 3 and (tmp_path / "v.png").stat().st_size > 1000
+    cal = tmp_path / "cal.json"
+    assert main(["lut", "calibrate", "--lut", str(out), "--samples", "8", "--repeats", "4", "--rounds", "2",
+                 "--out", str(cal)]) == 0
+    calibrated = LatencyTable.load(cal)
+    assert len(calibrated.calibration["ids"]) == 8 and calibrated.calibration["residual_sd_rel"] >= 0
+    from bitnas.supernets import build_supernet
+
+    net = build_supernet("mbv2-tiny")
+    p = calibrated.predict(net.layers(net.space.largest((8, 8))))
+    assert p["latency_ms"] > 0 and "latency_uncalibrated_ms" in p
+    assert main(["lut", "calibrate", "--lut", str(out), "--samples", "3"]) == 2
+    data = json.loads(out.read_text())
+    data["fingerprint"]["cpu_model"] = "Another CPU"
+    (tmp_path / "other.json").write_text(json.dumps(data))
+    assert main(["lut", "validate", "--lut", str(tmp_path / "other.json"), "--samples", "2"]) == 2
+    assert "measured on another device" in capsys.readouterr().err
