@@ -11,7 +11,7 @@ import json
 import sqlite3
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -33,13 +33,41 @@ def to_minimization(objectives: Sequence[Objective], values: dict[str, float]) -
     return np.array([values[o.name] if o.sense == "min" else -values[o.name] for o in objectives], dtype=float)
 
 
-class Searcher(ABC):
-    """Ask/tell search strategy over one ``SearchSpace``; objectives arrive as minimization vectors."""
+CheapFn = Callable[[Candidate], dict[str, float]]
 
-    def __init__(self, space: SearchSpace, objectives: Sequence[Objective], seed: int = 0):
+
+class Searcher(ABC):
+    """Ask/tell search strategy over one ``SearchSpace``; objectives arrive as minimization vectors.
+
+    ``cheap`` computes the objectives that need no true evaluation (LUT latency, size) for any candidate;
+    ``constraints`` maps such an objective's name to its largest allowed value. Searchers that take
+    constraints never ask for a candidate that violates them.
+    """
+
+    def __init__(self, space: SearchSpace, objectives: Sequence[Objective], seed: int = 0,
+                 constraints: Mapping[str, float] | None = None, cheap: CheapFn | None = None):
         self.space = space
         self.objectives = list(objectives)
         self.seed = seed
+        self.constraints = dict(constraints or {})
+        self.cheap = cheap
+        names = {o.name for o in self.objectives}
+        for key in self.constraints:
+            if key not in names:
+                raise UserError(f"constraint on '{key}', which is not an objective ({sorted(names)})")
+        if self.constraints and cheap is None:
+            raise UserError("constraints need a cheap evaluator (e.g. the LUT) to check candidates before "
+                            "their true evaluation")
+
+    def violation(self, candidate: Candidate) -> float:
+        """Total relative excess of ``candidate`` over the constraints; 0 when it is feasible."""
+        if not self.constraints:
+            return 0.0
+        values = self.cheap(candidate)
+        return float(sum(max(0.0, values[k] - lim) / max(abs(lim), 1e-12) for k, lim in self.constraints.items()))
+
+    def feasible(self, candidate: Candidate) -> bool:
+        return self.violation(candidate) == 0.0
 
     @abstractmethod
     def ask(self) -> list[Candidate]: ...

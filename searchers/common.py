@@ -1,0 +1,220 @@
+"""Shared machinery of the model-based searchers: history, cheap objectives, inner NSGA-II, batch selection."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+
+import numpy as np
+
+from bitnas.searchers.base import CheapFn, Objective, Searcher
+from bitnas.searchers.pareto import hypervolume, non_dominated
+from bitnas.space import Candidate, SearchSpace
+
+# every searcher draws its first population from this stream, so for one seed they all start alike
+INIT_STREAM = 7
+
+ModelFn = Callable[[Sequence[Candidate]], np.ndarray]
+
+
+class HistorySearcher(Searcher):
+    """A searcher that remembers every told candidate and computes cheap objectives exactly."""
+
+    def __init__(self, space: SearchSpace, objectives: Sequence[Objective], seed: int = 0,
+                 constraints: Mapping[str, float] | None = None, cheap: CheapFn | None = None,
+                 pop_size: int = 20, batch_size: int | None = None):
+        super().__init__(space, objectives, seed, constraints, cheap)
+        self.pop_size = int(pop_size)
+        self.batch_size = int(batch_size or max(1, pop_size // 2))
+        self.rng = np.random.default_rng([seed, 1])
+        self._init_rng = np.random.default_rng([seed, INIT_STREAM])
+        self.X: list[Candidate] = []
+        self.Y: list[np.ndarray] = []
+        self.seen: set[str] = set()
+        self._cheap_cache: dict[str, dict[str, float]] = {}
+        self._cheap_names: list[str] | None = None
+
+    # ----------------------------------------------------------------- history
+    def tell(self, candidates: Sequence[Candidate], values: np.ndarray) -> None:
+        for c, v in zip(candidates, np.asarray(values, dtype=float)):
+            if c.id not in self.seen:
+                self.seen.add(c.id)
+                self.X.append(c)
+                self.Y.append(np.asarray(v, dtype=float))
+
+    @property
+    def F(self) -> np.ndarray:
+        return np.array(self.Y).reshape(len(self.Y), len(self.objectives))
+
+    # ----------------------------------------------------------------- cheap objectives
+    def cheap_values(self, c: Candidate) -> dict[str, float]:
+        if self.cheap is None:
+            return {}
+        hit = self._cheap_cache.get(c.id)
+        if hit is None:
+            hit = self._cheap_cache[c.id] = dict(self.cheap(c))
+        return hit
+
+    def violation(self, candidate: Candidate) -> float:
+        if not self.constraints:
+            return 0.0
+        v = self.cheap_values(candidate)
+        return float(sum(max(0.0, v[k] - lim) / max(abs(lim), 1e-12) for k, lim in self.constraints.items()))
+
+    @property
+    def cheap_index(self) -> list[int]:
+        """Indices of the objectives the cheap evaluator gives exactly."""
+        if self.cheap is None:
+            return []
+        if self._cheap_names is None:
+            names = set(self.cheap(self.space.smallest()))
+            self._cheap_names = [o.name for o in self.objectives if o.name in names]
+        return [i for i, o in enumerate(self.objectives) if o.name in self._cheap_names]
+
+    @property
+    def model_index(self) -> list[int]:
+        """Indices of the objectives that need a predictor."""
+        cheap = set(self.cheap_index)
+        return [i for i in range(len(self.objectives)) if i not in cheap]
+
+    def cheap_matrix(self, cands: Sequence[Candidate]) -> np.ndarray:
+        """Minimization values of the cheap objectives (columns ``cheap_index``)."""
+        idx = self.cheap_index
+        out = np.zeros((len(cands), len(idx)))
+        for r, c in enumerate(cands):
+            v = self.cheap_values(c)
+            for j, i in enumerate(idx):
+                o = self.objectives[i]
+                out[r, j] = v[o.name] if o.sense == "min" else -v[o.name]
+        return out
+
+    # ----------------------------------------------------------------- sampling
+    def sample_feasible(self, n: int, rng: np.random.Generator, exclude: set[str] | None = None,
+                        tries: int = 200) -> list[Candidate]:
+        """Up to ``n`` distinct feasible random candidates not in ``exclude``."""
+        exclude = set(exclude or ())
+        out: list[Candidate] = []
+        for _ in range(n * tries):
+            if len(out) >= n:
+                break
+            c = self.space.sample(rng)
+            if c.id in exclude or not self.feasible(c):
+                continue
+            exclude.add(c.id)
+            out.append(c)
+        return out
+
+    def initial_population(self) -> list[Candidate]:
+        return self.sample_feasible(self.pop_size, self._init_rng, set(self.seen))
+
+    def fill(self, chosen: list[Candidate], n: int) -> list[Candidate]:
+        """Top ``chosen`` up to ``n`` with mutations of evaluated front members, then random candidates."""
+        have = set(self.seen) | {c.id for c in chosen}
+        front = [self.X[i] for i in np.flatnonzero(non_dominated(self.F))] if self.X else []
+        for _ in range(50 * n):
+            if len(chosen) >= n or not front:
+                break
+            c = self.space.mutate(front[self.rng.integers(len(front))], self.rng, 0.15)
+            if c.id not in have and self.feasible(c):
+                have.add(c.id)
+                chosen.append(c)
+        if len(chosen) < n:
+            chosen += self.sample_feasible(n - len(chosen), self.rng, have)
+        return chosen
+
+
+def normalizer(F: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(low, span) that map the rows of ``F`` to [0, 1] per objective."""
+    lo, hi = F.min(axis=0), F.max(axis=0)
+    return lo, np.where(hi > lo, hi - lo, 1.0)
+
+
+def greedy_hv_select(F_known: np.ndarray, F_pool: np.ndarray, n: int) -> list[int]:
+    """Indices of up to ``n`` pool rows chosen one at a time for the largest hypervolume gain.
+
+    Objectives are normalized by the known points' range and the reference point sits 10% beyond their
+    worst values; once no pool row adds volume, the rest follow in pool order.
+    """
+    if len(F_pool) == 0:
+        return []
+    both = np.vstack([F_known, F_pool]) if len(F_known) else F_pool
+    lo, span = normalizer(both if not len(F_known) else F_known)
+    ref = np.full(F_pool.shape[1], 1.1)
+    K = (F_known - lo) / span if len(F_known) else np.zeros((0, F_pool.shape[1]))
+    P = (F_pool - lo) / span
+    current = K[non_dominated(K)] if len(K) else K
+    base = hypervolume(current, ref) if len(current) else 0.0
+    chosen: list[int] = []
+    alive = np.ones(len(P), dtype=bool)
+    for _ in range(min(n, len(P))):
+        best, gain = -1, 1e-12
+        # a row dominated by (or equal to) the current set cannot add volume
+        for i in np.flatnonzero(alive):
+            p = P[i]
+            if len(current) and np.any(np.all(current <= p, axis=1)):
+                alive[i] = False
+                continue
+            g = hypervolume(np.vstack([current, p]) if len(current) else p[None], ref) - base
+            if g > gain:
+                best, gain = i, g
+        if best < 0:
+            break
+        chosen.append(int(best))
+        alive[best] = False
+        current = np.vstack([current, P[best]]) if len(current) else P[best][None]
+        current = current[non_dominated(current)]
+        base += gain
+    rest = [i for i in range(len(P)) if i not in set(chosen)]
+    return chosen + rest[: max(0, n - len(chosen))]
+
+
+def nsga2_on_model(searcher: HistorySearcher, model: ModelFn, pop_size: int, n_gen: int, seed: int,
+                   start: Sequence[Candidate] = ()) -> tuple[list[Candidate], np.ndarray]:
+    """NSGA-II (pymoo) on a cheap model of the objectives; returns the distinct candidates it visited.
+
+    ``model(cands)`` gives minimization values; constraints of ``searcher`` enter as pymoo inequality
+    constraints. The first population holds ``start`` (e.g. the evaluated front) topped up at random.
+    """
+    from pymoo.algorithms.moo.nsga2 import NSGA2
+    from pymoo.core.problem import Problem
+    from pymoo.operators.crossover.sbx import SBX
+    from pymoo.operators.mutation.pm import PM
+    from pymoo.operators.repair.rounding import RoundingRepair
+    from pymoo.optimize import minimize
+
+    space = searcher.space
+    limits = list(searcher.constraints.items())
+    visited: dict[str, tuple[Candidate, np.ndarray]] = {}
+
+    class _Model(Problem):
+        def __init__(self):
+            super().__init__(n_var=space.n_genes, n_obj=len(searcher.objectives), n_ieq_constr=len(limits),
+                             xl=0, xu=space.upper_bounds().astype(float), vtype=int)
+
+        def _evaluate(self, X, out, *args, **kwargs):
+            cands = [space.decode(x) for x in X]
+            F = np.asarray(model(cands), dtype=float)
+            out["F"] = F
+            if limits:
+                G = np.zeros((len(cands), len(limits)))
+                for r, c in enumerate(cands):
+                    v = searcher.cheap_values(c)
+                    G[r] = [(v[k] - lim) / max(abs(lim), 1e-12) for k, lim in limits]
+                out["G"] = G
+                ok = np.all(G <= 0, axis=1)
+            else:
+                ok = np.ones(len(cands), dtype=bool)
+            for c, f, good in zip(cands, F, ok):
+                if good:
+                    visited.setdefault(c.id, (c, f))
+
+    rng = np.random.default_rng([seed, 2])
+    init = [space.encode(c) for c in start][:pop_size]
+    while len(init) < pop_size:
+        init.append(space.encode(space.sample(rng)))
+    algo = NSGA2(pop_size=pop_size, sampling=np.array(init, dtype=float),
+                 crossover=SBX(prob=0.9, eta=15, vtype=float, repair=RoundingRepair()),
+                 mutation=PM(eta=20, vtype=float, repair=RoundingRepair()), eliminate_duplicates=True)
+    minimize(_Model(), algo, ("n_gen", n_gen), seed=int(seed), verbose=False)
+    cands = [v[0] for v in visited.values()]
+    F = np.array([v[1] for v in visited.values()]).reshape(len(cands), len(searcher.objectives))
+    return cands, F

@@ -1,0 +1,127 @@
+"""APQ's constrained evolution on a quantization-aware accuracy predictor.
+
+Each ask fits the predictor (APQ's MLP on the one-hot encoding by default) to the evaluated candidates
+for the primary objective (the first one that needs a true evaluation, e.g. accuracy), then runs one
+short evolution per budget level: top-k parents, mutation and crossover children, and every child over
+budget (the user's constraints and the level's budget on the cost objective, both checked with the cheap
+evaluator, e.g. the LUT) discarded before the predictor scores it. The budget levels spread over the cost
+range of the evaluated candidates, so the best predicted candidate of each level lands on a different
+part of the front; those go to true evaluation.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+
+from bitnas.errors import ConfigError
+from bitnas.searchers.base import CheapFn, Objective
+from bitnas.searchers.common import HistorySearcher
+from bitnas.searchers.predictors import make_predictor, onehot
+from bitnas.space import Candidate, SearchSpace
+
+
+class EvolutionSearcher(HistorySearcher):
+    """Constrained evolution (APQ) on a predictor; one budget level per candidate asked."""
+
+    def __init__(self, space: SearchSpace, objectives: Sequence[Objective], seed: int = 0,
+                 constraints: Mapping[str, float] | None = None, cheap: CheapFn | None = None,
+                 pop_size: int = 20, batch_size: int | None = None, predictor: str = "mlp",
+                 inner_pop: int = 40, inner_gens: int = 8, parent_ratio: float = 0.25,
+                 mutation_ratio: float = 0.5, mutate_prob: float = 0.1, predictor_epochs: int = 100):
+        super().__init__(space, objectives, seed, constraints, cheap, pop_size, batch_size)
+        if len(self.objectives) < 2:
+            raise ConfigError("evolution needs a primary objective and a cost objective")
+        self.predictor = predictor
+        make_predictor(predictor)  # fail early on an unknown kind
+        self.inner_pop, self.inner_gens = int(inner_pop), int(inner_gens)
+        self.parent_ratio, self.mutation_ratio, self.mutate_prob = parent_ratio, mutation_ratio, mutate_prob
+        self.predictor_epochs = predictor_epochs
+        self.rounds = 0
+
+    def _models(self):
+        """(primary index, cost index, fitness fn, cost fn) with cost from the cheap evaluator when possible."""
+        X = onehot(self.space, self.X)
+        F = self.F
+        model_idx = self.model_index
+        primary = model_idx[0] if model_idx else 0
+        kw = {"epochs": self.predictor_epochs} if self.predictor == "mlp" else {}
+        prim = make_predictor(self.predictor, self.seed, **kw).fit(X, F[:, primary])
+        cheap_idx = [i for i in self.cheap_index if i != primary]
+        if cheap_idx:
+            cost_i = cheap_idx[0]
+            col = self.cheap_index.index(cost_i)
+
+            def cost(cands: Sequence[Candidate]) -> np.ndarray:
+                return self.cheap_matrix(cands)[:, col]
+        else:
+            cost_i = next(i for i in range(len(self.objectives)) if i != primary)
+            cm = make_predictor("ridge", self.seed).fit(X, F[:, cost_i])
+
+            def cost(cands: Sequence[Candidate]) -> np.ndarray:
+                return cm.predict(onehot(self.space, cands))
+
+        def fitness(cands: Sequence[Candidate]) -> np.ndarray:
+            return prim.predict(onehot(self.space, cands))
+
+        return primary, cost_i, fitness, cost
+
+    def _evolve(self, budget: float, fitness, cost, rng: np.random.Generator) -> list[tuple[float, Candidate]]:
+        """One constrained evolution; returns (predicted fitness, candidate) of every distinct member seen."""
+        def ok(c: Candidate) -> bool:
+            return self.feasible(c) and float(cost([c])[0]) <= budget
+
+        pop = [c for c in self.X if ok(c)]
+        have = {c.id for c in pop}
+        for _ in range(self.inner_pop * 20):
+            if len(pop) >= self.inner_pop:
+                break
+            c = self.space.sample(rng)
+            if c.id not in have and ok(c):
+                have.add(c.id)
+                pop.append(c)
+        if not pop:
+            return []
+        scored = dict(zip((c.id for c in pop), zip(fitness(pop), pop)))
+        n_parents = max(2, int(self.parent_ratio * self.inner_pop))
+        n_mut = int(self.mutation_ratio * self.inner_pop)
+        for _ in range(self.inner_gens):
+            ranked = sorted(pop, key=lambda c: scored[c.id][0])[:n_parents]  # minimization
+            children: list[Candidate] = []
+            for _ in range(self.inner_pop * 10):
+                if len(children) >= self.inner_pop - len(ranked):
+                    break
+                if len(children) < n_mut:
+                    child = self.space.mutate(ranked[rng.integers(len(ranked))], rng, self.mutate_prob)
+                else:
+                    a, b = rng.choice(len(ranked), 2, replace=len(ranked) < 2)
+                    child = self.space.crossover(ranked[a], ranked[b], rng)
+                if child.id in have or not ok(child):  # over budget: discarded before scoring
+                    continue
+                have.add(child.id)
+                children.append(child)
+            if children:
+                scored.update(zip((c.id for c in children), zip(fitness(children), children)))
+            pop = ranked + children
+        return sorted(scored.values(), key=lambda t: t[0])
+
+    def ask(self) -> list[Candidate]:
+        if len(self.X) < 3:
+            return self.initial_population()
+        self.rounds += 1
+        _, cost_i, fitness, cost = self._models()
+        costs = cost(self.X)
+        lo, hi = float(np.min(costs)), float(np.max(costs))
+        n = self.batch_size
+        levels = lo + (hi - lo) * (np.arange(1, n + 1) - self.rng.random(n)) / n
+        out: list[Candidate] = []
+        taken = set(self.seen)
+        for budget in levels:
+            rng = np.random.default_rng([self.seed, self.rounds, len(out)])
+            for _, c in self._evolve(float(budget), fitness, cost, rng):
+                if c.id not in taken:
+                    taken.add(c.id)
+                    out.append(c)
+                    break
+        return self.fill(out, n)
