@@ -33,16 +33,18 @@ def _cmd_space(args: argparse.Namespace) -> int:
     from bitnas.supernets import get_space, space_names
 
     if args.space_cmd == "list":
-        for name in space_names():
+        names = space_names()
+        width = max(len(n) for n in names)
+        for name in names:
             sp = get_space(name)
-            print(f"{name:16s} {sp.cardinality()['joint_cardinality']:.3e} candidates  {sp.description}")
+            print(f"{name:{width}s} {sp.cardinality()['joint_cardinality']:.3e} candidates  {sp.description}")
         return 0
     info = get_space(args.name).info()
     if args.json:
         print(json.dumps(info, indent=2))
     else:
         for k in ("name", "description", "arch_cardinality", "policy_cardinality", "joint_cardinality",
-                  "log10_joint", "n_genes"):
+                  "log10_arch", "log10_policy", "log10_joint", "n_genes"):
             print(f"{k}: {info[k]}")
     return 0
 
@@ -62,8 +64,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
         x = x[None]
     if x.ndim != len(expected) or any(e is not None and e != s for e, s in zip(expected[1:], x.shape[1:])):
         raise UserError(f"{args.input}: shape {x.shape} does not fit the model input {expected}")
+    from bitnas.passes.verify import run_batched
+
     backend = get_backend(args.backend, threads=args.threads)
-    (logits,) = backend.compile(art.model_path)({input_names(model)[0]: x})
+    logits = run_batched(backend, backend.compile(art.model_path), x, input_name=input_names(model)[0])
     result = {"backend": args.backend, "shape": list(logits.shape), "top1": logits.argmax(1).tolist()}
     if args.logits or len(x) <= 4:
         result["logits"] = np.round(logits, 5).tolist()
@@ -77,6 +81,7 @@ def _cmd_verify(args: argparse.Namespace) -> int:
     from bitnas.artifact import Artifact
     from bitnas.backends import get_backend
     from bitnas.onnxio import input_names, load_onnx
+    from bitnas.passes.verify import run_batched
 
     art = Artifact.load(args.artifact)
     model = load_onnx(art.model_path)
@@ -84,7 +89,8 @@ def _cmd_verify(args: argparse.Namespace) -> int:
     x = np.random.default_rng(0).normal(size=dims).astype(np.float32)
     outputs = {}
     for name in args.backend:
-        (y,) = get_backend(name).compile(art.model_path)({input_names(model)[0]: x})
+        backend = get_backend(name)
+        y = run_batched(backend, backend.compile(art.model_path), x, input_name=input_names(model)[0])
         if not np.all(np.isfinite(y)):
             raise UserError(f"{art.model_path}: {name} produced non-finite outputs")
         outputs[name] = y
@@ -98,6 +104,9 @@ def _cmd_verify(args: argparse.Namespace) -> int:
 # Modules that add sub-commands: each has ``register(subparsers)`` and sets ``fn`` on its parsers.
 COMMAND_MODULES: tuple[str, ...] = (
     "bitnas.cli_compile",
+    "bitnas.cli_profile",
+    "bitnas.cli_search",
+    "bitnas.cli_train",
 )
 
 
@@ -126,7 +135,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     r = sub.add_parser("run", help="run an artifact on a backend")
     r.add_argument("artifact", help="artifact folder (holds model.onnx and manifest.json)")
-    r.add_argument("--backend", default="ort", choices=["ort", "openvino"])
+    r.add_argument("--backend", default="ort", choices=["ort", "openvino", "tvm"])
     r.add_argument("--input", required=True, help=".npy array: one image (C,H,W) or a batch (N,C,H,W)")
     r.add_argument("--threads", type=int, default=1)
     r.add_argument("--logits", action="store_true", help="print logits for any batch size")

@@ -92,7 +92,8 @@ class SearchConfig(StrictModel):
 
 class CompileConfig(StrictModel):
     pick: Literal["knee"] = Field("knee", description="which Pareto point to compile")
-    backends: tuple[Literal["ort", "openvino"], ...] = Field(("ort", "openvino"), description="runtimes Verify runs")
+    backends: tuple[Literal["ort", "openvino", "tvm"], ...] = Field(("ort", "openvino", "tvm"),
+                                                                    description="runtimes Verify runs")
     latency_repeats: int = Field(300, ge=10, description="timed runs per model when Verify measures latency")
     threads: int = Field(1, ge=1, description="intra-op threads while measuring")
 

@@ -17,15 +17,18 @@ from bitnas.supernets.evaluate import calibration_batches
 from bitnas.supernets.static import quantize_net
 
 
-def _logits(runner, x: np.ndarray, batch: int = 256) -> np.ndarray:
-    return np.concatenate([runner({INPUT_NAME: x[i:i + batch]})[0] for i in range(0, len(x), batch)])
+def run_batched(backend, runner, x: np.ndarray, batch: int = 256, input_name: str = INPUT_NAME) -> np.ndarray:
+    """First output of ``runner`` over ``x`` in batches (of one where the backend compiles a fixed batch)."""
+    batch = getattr(backend, "static_batch", None) or batch
+    return np.concatenate([runner({input_name: x[i:i + batch]})[0] for i in range(0, len(x), batch)])
 
 
 class Verify(Pass):
     """Accuracy on the val split and top-1 parity on every runtime; latency as a ratio to FP32, one run."""
 
     class Config(StrictModel):
-        backends: tuple[Literal["ort", "openvino"], ...] = Field(("ort", "openvino"), description="runtimes to run")
+        backends: tuple[Literal["ort", "openvino", "tvm"], ...] = Field(("ort", "openvino", "tvm"),
+                                                                        description="runtimes to run")
         threads: int = Field(1, ge=1, description="intra-op threads while timing")
         warmup: int = Field(20, ge=0, description="untimed runs per model")
         repeats: int = Field(300, ge=10, description="timed runs per model (batch 1)")
@@ -57,7 +60,7 @@ class Verify(Pass):
             backend = get_backend(name, threads=self.config.threads)
             q = backend.compile(model.path)
             f = backend.compile(model.float_path)
-            lq, lf = _logits(q, data.x_val), _logits(f, data.x_val)
+            lq, lf = run_batched(backend, q, data.x_val), run_batched(backend, f, data.x_val)
             preds[name] = lq.argmax(1)
             timing = interleaved_timing({"q": lambda q=q: q(feed), "f": lambda f=f: f(feed)},
                                         self.config.warmup, self.config.repeats, self.config.rounds)

@@ -93,12 +93,12 @@ def test_ptq_quantizes_exactly_the_int8_layers_in_qdq(compiled):
 def test_verify_reports_parity_accuracy_and_latency_ratio_per_backend(compiled):
     _, ctx, artifact = compiled
     m = artifact.manifest["measured"]
-    for b in ("ort", "openvino"):
+    for b in ("ort", "openvino", "tvm"):
         e = m[b]
         assert e["top1_agreement_vs_fakequant"] >= 0.99
         assert abs(e["accuracy"] - e["accuracy_fp32"]) <= 0.02
         assert e["latency_ratio_to_fp32"] == pytest.approx(e["latency_ms"] / e["latency_ms_fp32"])
-    assert m["top1_agreement"]["ort~openvino"] >= 0.99
+    assert m["top1_agreement"]["ort~openvino"] >= 0.99 and m["top1_agreement"]["ort~tvm"] >= 0.99
     assert m["latency_ms"] == m["ort"]["latency_ms"]
 
 

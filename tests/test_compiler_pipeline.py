@@ -27,6 +27,7 @@ from bitnas.passes import (
     Verify,
 )
 from bitnas.passes.inc_ptq import quantized_nodes
+from bitnas.passes.verify import run_batched
 from bitnas.pipeline import PassContext, Sequential
 from bitnas.supernets.mbv2 import MBV2Supernet, mbv2_tiny
 
@@ -90,8 +91,10 @@ def test_four_bit_weights_make_a_much_smaller_artifact_that_runs(subbyte_net, di
     for bits in ((8, 8), (4, 8)):
         cand = subbyte_net.space.largest(policy_bits=bits)
         ctx = _ctx(tmp_path / f"w{bits[0]}", subbyte_net, digits)
+        # TVM's ONNX frontend cannot read INT4 tensors: this artifact is for ONNX Runtime and OpenVINO
         arts[bits] = Sequential([ExtractSubnet(), RecalibrateBn(), ExportOnnx(), AssignBitwidths(), IncStaticPtq(),
-                                 SubByteWeights(), Verify(**FAST_VERIFY), Package()]).run(cand, ctx)
+                                 SubByteWeights(), Verify(backends=("ort", "openvino"), **FAST_VERIFY),
+                                 Package()]).run(cand, ctx)
         sizes[bits] = arts[bits].model_path.stat().st_size
     assert sizes[(8, 8)] / sizes[(4, 8)] >= 1.8
     model = onnx.load(str(arts[(4, 8)].model_path))
@@ -115,8 +118,10 @@ def test_int8_storage_fallback_confines_values_to_the_policy_range(subbyte_net, 
         if node.op_type in ("Conv", "Gemm"):
             w = onnx.numpy_helper.to_array(inits[producers[node.input[1]].input[0]])
             assert w.dtype == np.int8 and w.min() >= -1 and w.max() <= 1
-    (y,) = get_backend("ort").compile(out.path)({"input": digits.x_val[:4]})
-    assert y.shape == (4, 10)
+    for name in ("ort", "tvm"):  # INT8 storage is what TVM can read
+        backend = get_backend(name)
+        y = run_batched(backend, backend.compile(out.path), digits.x_val[:4])
+        assert y.shape == (4, 10)
 
 
 def test_ort_engine_quantizes_the_same_nodes_and_agrees_with_inc(trained, digits, tmp_path):
@@ -150,7 +155,8 @@ def gated(trained, digits, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("gate")
     cand = trained.space.smallest(policy_bits=(8, 8))
     ctx = _ctx(tmp / "a", trained, digits)
-    verify = Verify(repeats=200, warmup=10, rounds=10)
+    # TVM's ratio moved by up to 40% between two compiles of the same model here, so it is not gated
+    verify = Verify(backends=("ort", "openvino"), repeats=200, warmup=10, rounds=10)
     art = Sequential([ExtractSubnet(), RecalibrateBn(), ExportOnnx(), AssignBitwidths(), IncStaticPtq(), verify,
                       Package()]).run(cand, ctx)
     ctx2 = _ctx(tmp / "b", trained, digits)

@@ -36,7 +36,7 @@ def test_manifest_of_the_demo(demo_run):
     assert man["target"]["name"] == "ort-cpu" and "isa" in man["target"]["fingerprint"]
     assert man["lut"]["fingerprint"]["cpu_model"] == man["target"]["fingerprint"]["cpu_model"]
     m = man["measured"]
-    for b in ("ort", "openvino"):
+    for b in ("ort", "openvino", "tvm"):
         for k in ("latency_ms", "latency_ms_fp32", "accuracy", "accuracy_fp32", "latency_ratio_to_fp32"):
             assert m[b][k] > 0
         # a policy with INT8 layers loses little accuracy against the same subnet in float
@@ -50,18 +50,19 @@ def _run(capsys, *args):
     return code, captured.out, captured.err
 
 
-def test_run_gives_the_same_top1_on_ort_and_openvino(demo_run, digits, tmp_path, capsys):
+def test_run_gives_the_same_top1_on_every_runtime(demo_run, digits, tmp_path, capsys):
     _, out = demo_run
     x = tmp_path / "val.npy"
     np.save(x, digits.x_val)
     tops = {}
-    for backend in ("ort", "openvino"):
+    for backend in ("ort", "openvino", "tvm"):
         code, stdout, err = _run(capsys, "run", str(out / "artifact"), "--backend", backend, "--input", str(x))
         assert code == 0, err
         result = json.loads(stdout)
         assert result["shape"] == [len(digits.x_val), 10]
         tops[backend] = np.array(result["top1"])
     assert (tops["ort"] == tops["openvino"]).mean() >= 0.99
+    assert (tops["ort"] == tops["tvm"]).mean() >= 0.99
     assert (tops["ort"] == digits.y_val).mean() > 0.5
 
 
