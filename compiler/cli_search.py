@@ -176,36 +176,6 @@ def normalized_hv(F: np.ndarray, ideal: np.ndarray, ref: np.ndarray) -> float:
     return hypervolume((np.asarray(F, float) - ideal) / (ref - ideal), np.ones(len(ideal)))
 
 
-def plot_front(evals, front_ids: set[str], path: Path, title: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from bitnas.io import atomic_write_bytes
-
-    lat = np.array([e.objectives["latency_ms"] for e in evals])
-    acc = np.array([e.objectives["accuracy"] for e in evals]) * 100
-    size = np.array([e.objectives["size_bytes"] for e in evals]) / 1024
-    on = np.array([e.candidate.id in front_ids for e in evals])
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    sc = ax.scatter(lat[~on], acc[~on], c=size[~on], cmap="viridis", s=14, alpha=0.5, label="evaluated")
-    ax.scatter(lat[on], acc[on], c=size[on], cmap="viridis", s=60, edgecolors="red", linewidths=1.2,
-               label="Pareto front")
-    fig.colorbar(sc, ax=ax, label="size (KiB)")
-    ax.set_xlabel("predicted latency (ms, LUT)")
-    ax.set_ylabel("top-1 accuracy, simulated quantization (%)")
-    ax.set_title(title)
-    ax.legend(loc="lower right")
-    fig.tight_layout()
-    import io
-
-    buf = io.BytesIO()
-    fig.savefig(buf, dpi=110, format="png")
-    plt.close(fig)
-    atomic_write_bytes(path, buf.getvalue())
-
-
 def run_search_command(cfg: SearchRunConfig, out: str | Path, source: str = "<config>") -> dict[str, Any]:
     """Run the configured search; returns a summary (front, hypervolume, paths)."""
     from bitnas.searchers import Study, non_dominated, run_search
@@ -243,6 +213,8 @@ def run_search_command(cfg: SearchRunConfig, out: str | Path, source: str = "<co
                      ["id", "acc %", "pred. latency ms", "size KiB"],
                      [[e.candidate.id, e.objectives["accuracy"] * 100, e.objectives["latency_ms"],
                        e.objectives["size_bytes"] / 1024] for e in front]))
+    from bitnas.demo import plot_front
+
     plot_front(evals, front_ids, out / "front.png", f"bitnas search: {cfg.searcher}, {len(evals)} evaluations")
     violations = [e.candidate.id for e in evals
                   if any(e.objectives[k] > v for k, v in cfg.constraints.items())]

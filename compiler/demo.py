@@ -12,7 +12,7 @@ import numpy as np
 from bitnas import ui
 from bitnas.config import DemoConfig
 from bitnas.errors import UserError
-from bitnas.io import atomic_write_json, sha256_file
+from bitnas.io import atomic_write_bytes, atomic_write_json, sha256_file
 from bitnas.pipeline import PassContext, Sequential
 
 OBJECTIVES_DOC = "accuracy (val split, simulated quantization) max; latency_ms (LUT) min; size_bytes min"
@@ -62,7 +62,11 @@ def build_lut(cfg: DemoConfig, supernet, out: Path, reduce_range: bool):
     return lut, path
 
 
-def plot_front(evals, front_ids: set[str], path: Path) -> None:
+def plot_front(evals, front_ids: set[str], path: Path,
+               title: str = "bitnas demo: joint architecture + bitwidth search") -> None:
+    """Accuracy against predicted latency, coloured by size, the front highlighted; written atomically."""
+    import io
+
     import matplotlib
 
     matplotlib.use("Agg")
@@ -79,11 +83,13 @@ def plot_front(evals, front_ids: set[str], path: Path) -> None:
     fig.colorbar(sc, ax=ax, label="size (KiB)")
     ax.set_xlabel("predicted latency (ms, LUT)")
     ax.set_ylabel("top-1 accuracy, simulated quantization (%)")
-    ax.set_title("bitnas demo: joint architecture + bitwidth search")
+    ax.set_title(title)
     ax.legend(loc="lower right")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    buf = io.BytesIO()
+    fig.savefig(buf, dpi=110, format="png")
     plt.close(fig)
+    atomic_write_bytes(path, buf.getvalue())
 
 
 def run_demo(cfg: DemoConfig, out: str | Path) -> dict[str, Any]:
