@@ -20,6 +20,7 @@ from bitnas.errors import MissingDependencyError, UnsupportedBackendError
 from bitnas.fingerprint import device_fingerprint
 
 Runner = Callable[[Mapping[str, np.ndarray]], list[np.ndarray]]
+Timer = Callable[[], object]
 
 
 @dataclass(frozen=True)
@@ -126,10 +127,20 @@ class Backend(ABC):
     def run(self, onnx_path: str | Path, inputs: Mapping[str, np.ndarray]) -> list[np.ndarray]:
         return self.compile(onnx_path)(inputs)
 
+    def timer(self, onnx_path: str | Path, inputs: Mapping[str, np.ndarray], runner: Runner | None = None) -> Timer:
+        """A zero-argument callable that runs one inference on ``inputs``: what every latency figure times.
+
+        Backends override it to bind the inputs once and skip copying outputs back, so that a timed call
+        costs what a deployment's steady state costs and not the Python glue around it. ``runner``, when
+        given, is ``compile(onnx_path)`` already built; backends without a faster path time it.
+        """
+        runner = runner or self.compile(onnx_path)
+        fixed = dict(inputs)
+        return lambda: runner(fixed)
+
     def measure(self, onnx_path: str | Path, inputs: Mapping[str, np.ndarray], warmup: int = 10,
                 repeats: int = 100, rounds: int = 5) -> Measurement:
-        runner = self.compile(onnx_path)
-        return interleaved_timing({"m": lambda: runner(inputs)}, warmup, repeats, rounds)["m"]
+        return interleaved_timing({"m": self.timer(onnx_path, inputs)}, warmup, repeats, rounds)["m"]
 
     def profile(self, spec: Any, warmup: int = 10, repeats: int = 100, rounds: int = 5) -> Measurement:
         """Measure one LayerSpec as the profiler builds it (a one-layer ONNX model, INT8 via static PTQ)."""

@@ -147,8 +147,14 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
         raise UserError(f"{args.lut}: target '{lut.target}' cannot be measured end to end")
     backend = get_backend(TARGET_BACKEND[lut.target], threads=int(lut.measurement.get("threads", 1)))
     lut.check_device(backend.fingerprint(), args.force_lut)
+    from bitnas.latency_luts.lut import CALIBRATION_FEATURES, NETWORK_FEATURES
+
+    features = tuple(f.strip() for f in args.features.split(",")) if args.features else CALIBRATION_FEATURES
+    unknown = [f for f in features if f not in NETWORK_FEATURES]
+    if unknown:
+        raise UserError(f"--features: unknown feature(s) {unknown} (known: {', '.join(NETWORK_FEATURES)})")
     lut.calibration = calibrate(lut, backend, args.space, args.samples, seed=args.seed, repeats=args.repeats,
-                                rounds=args.rounds)
+                                rounds=args.rounds, features=features)
     lut.save(args.out or args.lut)
     cal = lut.calibration
     print(f"calibration: coef {[round(c, 5) for c in cal['coef']]} over {cal['features']}, "
@@ -203,7 +209,9 @@ def register(sub) -> None:
     c = lsub.add_parser("calibrate", help="fit a LUT's network-level correction on subnets measured end to end")
     c.add_argument("--lut", required=True)
     c.add_argument("--space", default="mbv2-tiny")
-    c.add_argument("--samples", type=int, default=24)
+    c.add_argument("--samples", type=int, default=48)
+    c.add_argument("--features", help="comma-separated calibration features (default: all of "
+                                      "bitnas.latency_luts.lut.CALIBRATION_FEATURES)")
     c.add_argument("--seed", type=int, default=1000, help="differs from validate's default so they never overlap")
     c.add_argument("--repeats", type=int, default=100)
     c.add_argument("--rounds", type=int, default=10)

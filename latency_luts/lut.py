@@ -65,13 +65,36 @@ def block_features(specs: list[LayerSpec], layer_ms: list[float]) -> list[float]
             float(np.log(max(sum(layer_ms), 1e-4)))]
 
 
-CALIBRATION_FEATURES = ("units_sum_ms", "units", "int8_boundaries", "one")
+def _precision_switches(layers: list[LayerSpec]) -> float:
+    """Places where the activation changes between float and INT8 (graph input and output included)."""
+    q = [False] + [s.bits == (8, 8) for s in layers] + [False]
+    return float(sum(1 for a, b in zip(q, q[1:]) if a != b))
 
 
-def network_features(units_sum_ms: float, units: list[list[LayerSpec]]) -> list[float]:
-    """Features of the network-level calibration: per-unit sum, calls saved, INT8-to-INT8 unit boundaries."""
-    q = sum(1 for a, b in zip(units, units[1:]) if a[-1].bits == (8, 8) and b[0].bits == (8, 8))
-    return [units_sum_ms, float(len(units)), float(q), 1.0]
+# name -> f(units_sum_ms, units): what a network-level calibration may regress measured latency on
+NETWORK_FEATURES = {
+    "units_sum_ms": lambda t, units: t,
+    "units": lambda t, units: float(len(units)),  # runtime calls the per-unit measurements each paid
+    "int8_boundaries": lambda t, units: float(sum(1 for a, b in zip(units, units[1:])
+                                                  if a[-1].bits == (8, 8) and b[0].bits == (8, 8))),
+    "precision_switches": lambda t, units: _precision_switches([s for u in units for s in u]),
+    "int8_layers": lambda t, units: float(sum(1 for u in units for s in u if s.bits == (8, 8))),
+    "mmacs_int8": lambda t, units: sum(s.macs for u in units for s in u if s.bits == (8, 8)) / 1e6,
+    "mmacs_fp32": lambda t, units: sum(s.macs for u in units for s in u if s.bits != (8, 8)) / 1e6,
+    "one": lambda t, units: 1.0,
+}
+# what a calibration fits by default: the LUT's per-unit sum, plus what a unit measured alone cannot see
+# (layout changes and quantize/dequantize where precision switches, the compute a unit shares with its
+# neighbours' caches); tables calibrated before these existed name the four they used
+CALIBRATION_FEATURES = ("units_sum_ms", "units", "int8_boundaries", "precision_switches", "int8_layers",
+                        "mmacs_int8", "mmacs_fp32", "one")
+LEGACY_CALIBRATION_FEATURES = ("units_sum_ms", "units", "int8_boundaries", "one")
+
+
+def network_features(units_sum_ms: float, units: list[list[LayerSpec]],
+                     names: tuple[str, ...] | list[str] = CALIBRATION_FEATURES) -> list[float]:
+    """The named network-level calibration features of a network split into fusion ``units``."""
+    return [float(NETWORK_FEATURES[n](units_sum_ms, units)) for n in names]
 
 
 class FusionModel:
@@ -198,7 +221,7 @@ class LatencyTable:
         out = {"latency_ms": latency, "latency_sd_ms": math.sqrt(var), "latency_layer_sum_ms": layer_sum,
                "blocks_measured": measured, "blocks_corrected": corrected}
         if self.calibration:
-            feats = network_features(latency - ov, units)
+            feats = network_features(latency - ov, units, self.calibration.get("features", LEGACY_CALIBRATION_FEATURES))
             coef = self.calibration["coef"]
             out["latency_uncalibrated_ms"] = latency
             out["latency_ms"] = float(sum(c * f for c, f in zip(coef, feats)))
@@ -297,10 +320,18 @@ def _calibration(data: dict[str, Any], source: str) -> dict[str, Any]:
     if not isinstance(cal, dict):
         raise LutError(f"{source}: field 'calibration' is not an object")
     if cal:
+        names = cal.get("features", LEGACY_CALIBRATION_FEATURES)
+        if not isinstance(names, (list, tuple)) or not names:
+            raise LutError(f"{source}: field 'calibration.features' must be a non-empty list of feature names")
+        unknown = [n for n in names if n not in NETWORK_FEATURES]
+        if unknown:
+            raise LutError(f"{source}: field 'calibration.features' names unknown feature(s) {unknown} "
+                           f"(known: {', '.join(NETWORK_FEATURES)})")
         coef = cal.get("coef")
-        if (not isinstance(coef, list) or len(coef) != len(CALIBRATION_FEATURES)
+        if (not isinstance(coef, list) or len(coef) != len(names)
                 or not all(isinstance(c, (int, float)) and math.isfinite(c) for c in coef)):
-            raise LutError(f"{source}: field 'calibration.coef' must hold {len(CALIBRATION_FEATURES)} finite numbers")
+            raise LutError(f"{source}: field 'calibration.coef' must hold {len(names)} finite numbers, one per "
+                           f"feature")
     return cal
 
 

@@ -170,9 +170,8 @@ def measure_layer(backend: Backend, spec: LayerSpec, reduce_range: bool = False,
                   repeats: int = 100, rounds: int = 5) -> Measurement:
     """Measure one layer's one-layer model on ``backend`` (per-call overhead included)."""
     with tempfile.TemporaryDirectory(prefix="bitnas-layer-") as tmp:
-        run = backend.compile(write_layer_model(spec, Path(tmp), reduce_range))
-        x = input_for([spec])
-        return interleaved_timing({"m": lambda: run(x)}, warmup, repeats, rounds)["m"]
+        timer = backend.timer(write_layer_model(spec, Path(tmp), reduce_range), input_for([spec]))
+        return interleaved_timing({"m": timer}, warmup, repeats, rounds)["m"]
 
 
 # --------------------------------------------------------------------------- work lists
@@ -258,13 +257,11 @@ def measure_items(
         onnx.save(overhead_model(), str(ov_path))
     for start in range(0, len(todo), chunk):
         part = todo[start:start + chunk]
-        ov_run = backend.compile(ov_path)
-        ov_x = {INPUT_NAME: np.zeros((1, 1), np.float32)}
-        runners: dict[str, Callable[[], object]] = {OVERHEAD: lambda r=ov_run, x=ov_x: r(x)}
+        runners: dict[str, Callable[[], object]] = {
+            OVERHEAD: backend.timer(ov_path, {INPUT_NAME: np.zeros((1, 1), np.float32)})}
         for i, it in enumerate(part):
-            run = backend.compile(write_unit_model(it.specs, folder, reduce_range))
-            x = input_for(it.specs, seed=start + i)
-            runners[it.key] = lambda r=run, xx=x: r(xx)
+            runners[it.key] = backend.timer(write_unit_model(it.specs, folder, reduce_range),
+                                            input_for(it.specs, seed=start + i))
             if progress:
                 progress(len(results) + i + 1, total, f"build {it.kind}")
         raw = interleaved_samples(runners, warmup, repeats, rounds)

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from bitnas.errors import LutError, UserError
-from bitnas.latency_luts.lut import LatencyTable
+from bitnas.latency_luts.lut import CALIBRATION_FEATURES, LatencyTable
 
 TARGET_BACKEND = {"ort-cpu": "ort", "openvino-cpu": "openvino", "tvm-llvm": "tvm"}
 
@@ -78,9 +78,8 @@ def _measure(backend, supernet, cands, folder: Path, reduce_range: bool, in_shap
 
     runners = {}
     for i, c in enumerate(cands):
-        run = backend.compile(build_subnet_model(supernet, c, folder, reduce_range, in_shape))
         x = {INPUT_NAME: np.random.default_rng(i).normal(0, 1, (1, *in_shape)).astype(np.float32)}
-        runners[c.id] = lambda r=run, xx=x: r(xx)
+        runners[c.id] = backend.timer(build_subnet_model(supernet, c, folder, reduce_range, in_shape), x)
         if progress:
             progress(i + 1, len(cands), "build")
     return interleaved_samples(runners, warmup, repeats, rounds)
@@ -88,19 +87,21 @@ def _measure(backend, supernet, cands, folder: Path, reduce_range: bool, in_shap
 
 def calibrate(lut: LatencyTable, backend, space_name: str, samples: int = 24, seed: int = 1000,
               repeats: int = 100, rounds: int = 10, warmup: int = 10, image_size: int = 32, in_channels: int = 1,
-              workdir: str | Path | None = None) -> dict[str, Any]:
-    """Fit the network-level correction (per-unit sum, calls, INT8 boundaries) on measured subnets.
+              workdir: str | Path | None = None, features=CALIBRATION_FEATURES) -> dict[str, Any]:
+    """Fit the network-level correction (``features``, by least squares) on subnets measured end to end.
 
     The subnets (seed ``seed``) are recorded so that ``validate`` never scores the LUT on them.
     """
     import tempfile
 
     from bitnas.backends.base import Measurement
-    from bitnas.latency_luts.lut import CALIBRATION_FEATURES, group_units, network_features
+    from bitnas.latency_luts.lut import group_units, network_features
     from bitnas.supernets import build_supernet
 
-    if samples < 8:
-        raise UserError(f"calibration needs at least 8 subnets (it fits 4 coefficients), not {samples}")
+    features = tuple(features)
+    if samples < len(features) + 4:
+        raise UserError(f"calibration needs at least {len(features) + 4} subnets (it fits {len(features)} "
+                        f"coefficients), not {samples}")
     base = LatencyTable.from_dict({**lut.to_dict(), "calibration": {}}, lut.source)
     supernet = build_supernet(space_name, in_channels=in_channels, image_size=image_size).eval()
     cands = draw_candidates(supernet.space, supernet, base, samples, seed)
@@ -114,12 +115,12 @@ def calibrate(lut: LatencyTable, backend, space_name: str, samples: int = 24, se
         layers = supernet.layers(c)
         p = base.predict(layers)
         units = group_units(layers) if base.blocks else [[s] for s in layers]
-        X.append(network_features(p["latency_ms"] - base._overhead(), units))
+        X.append(network_features(p["latency_ms"] - base._overhead(), units, features))
     X = np.array(X)
     coef, *_ = np.linalg.lstsq(X, meas, rcond=None)
     hat = X @ np.linalg.pinv(X.T @ X) @ X.T
     loo = (meas - X @ coef) / np.maximum(1 - np.diag(hat), 1e-6)  # leave-one-out residuals
-    return {"features": list(CALIBRATION_FEATURES), "coef": [float(c) for c in coef], "samples": len(cands),
+    return {"features": list(features), "coef": [float(c) for c in coef], "samples": len(cands),
             "seed": seed, "statistic": lut.statistic, "residual_sd_rel": float(np.sqrt(np.mean((loo / meas) ** 2))),
             "ids": [c.id for c in cands],
             "method": "least squares of measured end-to-end latency on the features; sd from leave-one-out"}

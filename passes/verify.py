@@ -62,8 +62,8 @@ class Verify(Pass):
             f = backend.compile(model.float_path)
             lq, lf = run_batched(backend, q, data.x_val), run_batched(backend, f, data.x_val)
             preds[name] = lq.argmax(1)
-            timing = interleaved_timing({"q": lambda q=q: q(feed), "f": lambda f=f: f(feed)},
-                                        self.config.warmup, self.config.repeats, self.config.rounds)
+            timers = {"q": backend.timer(model.path, feed, q), "f": backend.timer(model.float_path, feed, f)}
+            timing = interleaved_timing(timers, self.config.warmup, self.config.repeats, self.config.rounds)
             tq, tf = timing["q"].stat(self.config.statistic), timing["f"].stat(self.config.statistic)
             entry: dict[str, Any] = {
                 "accuracy": float((preds[name] == data.y_val).mean()),

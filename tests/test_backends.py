@@ -57,6 +57,18 @@ def test_backend_measures_and_fingerprints(name, models):
 
 
 @pytest.mark.parametrize("name", EXECUTING)
+def test_timer_runs_the_model_on_the_bound_inputs(name, models):
+    fp32, _, x, _, _ = models
+    b = get_backend(name)
+    timer = b.timer(fp32, {k: v.copy() for k, v in x.items()})
+    for _ in range(3):
+        timer()
+    if name == "openvino":
+        with pytest.raises(ArtifactError, match="no value given for the model's input 'input'"):
+            b.timer(fp32, {"other": x["input"]})
+
+
+@pytest.mark.parametrize("name", EXECUTING)
 def test_backend_rejects_a_corrupt_model(name, tmp_path):
     bad = tmp_path / "bad.onnx"
     bad.write_bytes(b"not a model")

@@ -9,7 +9,7 @@ from bitnas.backends import get_backend
 from bitnas.cli import main
 from bitnas.errors import LutError
 from bitnas.latency_luts import LatencyTable
-from bitnas.latency_luts.lut import block_key, group_units
+from bitnas.latency_luts.lut import CALIBRATION_FEATURES, block_key, group_units
 from bitnas.latency_luts.profiler import layer_items, measure_items, profile
 from bitnas.latency_luts.units import all_blocks, space_layers
 from bitnas.space import LayerSpec
@@ -154,18 +154,42 @@ def test_profile_and_validate_cli(tmp_path, capsys):
         assert k in report
     assert report["samples"] == 3 and (tmp_path / "v.png").stat().st_size > 1000
     cal = tmp_path / "cal.json"
-    assert main(["lut", "calibrate", "--lut", str(out), "--samples", "8", "--repeats", "4", "--rounds", "2",
+    assert main(["lut", "calibrate", "--lut", str(out), "--samples", "12", "--repeats", "4", "--rounds", "2",
                  "--out", str(cal)]) == 0
     calibrated = LatencyTable.load(cal)
-    assert len(calibrated.calibration["ids"]) == 8 and calibrated.calibration["residual_sd_rel"] >= 0
+    assert len(calibrated.calibration["ids"]) == 12 and calibrated.calibration["residual_sd_rel"] >= 0
+    assert calibrated.calibration["features"] == list(CALIBRATION_FEATURES)
     from bitnas.supernets import build_supernet
 
     net = build_supernet("mbv2-tiny")
     p = calibrated.predict(net.layers(net.space.largest((8, 8))))
     assert p["latency_ms"] > 0 and "latency_uncalibrated_ms" in p
     assert main(["lut", "calibrate", "--lut", str(out), "--samples", "3"]) == 2
+    assert main(["lut", "calibrate", "--lut", str(out), "--features", "units_sum_ms,flops"]) == 2
+    assert "unknown feature(s) ['flops']" in capsys.readouterr().err
     data = json.loads(out.read_text())
     data["fingerprint"]["cpu_model"] = "Another CPU"
     (tmp_path / "other.json").write_text(json.dumps(data))
     assert main(["lut", "validate", "--lut", str(tmp_path / "other.json"), "--samples", "2"]) == 2
     assert "measured on another device" in capsys.readouterr().err
+
+
+def test_calibration_features_are_named_and_checked(tmp_path):
+    from importlib.resources import files
+
+    from bitnas.supernets import build_supernet
+
+    shipped = json.loads((files("bitnas.latency_luts") / "ort-cpu_mbv2-tiny.json").read_text())
+    net = build_supernet("mbv2-tiny")
+    layers = net.layers(net.space.largest((8, 8)))
+    four = {"features": ["units_sum_ms", "units", "int8_boundaries", "one"], "coef": [1.0, 0.001, 0.0, 0.002]}
+    legacy = LatencyTable.from_dict({**shipped, "calibration": {"coef": four["coef"]}}, "legacy.json")
+    named = LatencyTable.from_dict({**shipped, "calibration": four}, "named.json")
+    assert legacy.predict(layers)["latency_ms"] == pytest.approx(named.predict(layers)["latency_ms"])
+    p = named.predict(layers)
+    assert p["latency_ms"] == pytest.approx(p["latency_uncalibrated_ms"] - named._overhead() + 0.002
+                                            + 0.001 * len(group_units(layers)))
+    with pytest.raises(LutError, match="bad.json: field 'calibration.features' names unknown feature"):
+        LatencyTable.from_dict({**shipped, "calibration": {**four, "features": ["units", "flops"]}}, "bad.json")
+    with pytest.raises(LutError, match="short.json: field 'calibration.coef' must hold 4 finite numbers"):
+        LatencyTable.from_dict({**shipped, "calibration": {**four, "coef": [1.0]}}, "short.json")
