@@ -208,6 +208,8 @@ def write_results(args, argv, runs, t0, n_tasks) -> None:
     ideal, ref = hv_reference(problem)
     out = {
         "command": "python benchmarks/search_efficiency.py " + " ".join(argv or os.sys.argv[1:]),
+        "commands": [*_STATE.get("earlier_commands", []),
+                     "python benchmarks/search_efficiency.py " + " ".join(argv or os.sys.argv[1:])],
         "budget": args.budget, "seeds": args.seeds, "runs_done": len(runs), "runs_planned": n_tasks,
         "objectives": ["-accuracy", "latency_ms", "size_bytes"],
         "hv_normalization": {"ideal": ideal.tolist(), "reference_point": ref.tolist()},
@@ -234,6 +236,9 @@ def main(argv=None) -> int:
     ap.add_argument("--n-test", type=int, default=60)
     ap.add_argument("--skip-predictors", action="store_true")
     ap.add_argument("--skip-search", action="store_true")
+    ap.add_argument("--merge", action="store_true",
+                    help="keep the finished runs of results/search_efficiency.json (same budget) that this "
+                         "invocation does not redo")
     args = ap.parse_args(argv)
     from bitnas.io import atomic_write_json
 
@@ -264,17 +269,29 @@ def main(argv=None) -> int:
     tasks += [(args, n, s) for s in range(args.seeds) for n in rest
               if not (n == "edmips" and args.edmips_seeds is not None and s >= args.edmips_seeds)]
     runs: list[dict] = []
+    kept_from = RESULTS / "search_efficiency.json"
+    if args.merge and kept_from.exists():
+        import json
+
+        prev = json.loads(kept_from.read_text())
+        if prev.get("budget") != args.budget:
+            raise SystemExit(f"--merge: {kept_from} has budget {prev.get('budget')}, not {args.budget}")
+        redo = {(n, s) for _, n, s in tasks}
+        runs = [r for r in prev["runs"] if (r["searcher"], r["seed"]) not in redo]
+        _STATE["earlier_commands"] = prev.get("commands") or [prev.get("command")]
+        print(f"--merge: keeping {len(runs)} finished runs", flush=True)
+    n_tasks = len(tasks) + len(runs)
     if args.workers > 1:
         import multiprocessing as mp
 
         with mp.get_context("fork").Pool(args.workers) as pool:
             for r in pool.imap_unordered(run_one, tasks, chunksize=1):
                 runs.append(r)
-                write_results(args, argv, runs, t0, len(tasks))
+                write_results(args, argv, runs, t0, n_tasks)
     else:
         for t in tasks:
             runs.append(run_one(t))
-            write_results(args, argv, runs, t0, len(tasks))
+            write_results(args, argv, runs, t0, n_tasks)
     _, summary, _ = summarize(runs, args.budget)
     for name, s in summary.items():
         print(f"{name:10s} final hv {s['final_hv_mean']:.4f} ± {s['final_hv_std']:.4f}  "

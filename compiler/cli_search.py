@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import json
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -19,8 +18,9 @@ from pydantic import Field, field_validator
 from bitnas import ui
 from bitnas.config import DataConfig, LutConfig, StrictModel, SupernetConfig
 from bitnas.errors import ConfigError, UserError
+from bitnas.problem import OBJECTIVE_NAMES, DemoProblem, hv_reference, normalized_hv, objectives, problem_id
 
-OBJECTIVE_NAMES = ("accuracy", "latency_ms", "size_bytes")
+__all__ = ["DemoProblem", "OBJECTIVE_NAMES", "build_problem", "hv_reference", "make_searcher", "normalized_hv"]
 
 
 class SearchRunConfig(StrictModel):
@@ -56,45 +56,15 @@ class SearchRunConfig(StrictModel):
         return v
 
 
-@dataclass
-class DemoProblem:
-    """Everything a search on the demo problem needs; ``evaluate`` is a true evaluation."""
-
-    supernet: Any
-    data: Any
-    lut: Any
-    lut_path: Path
-    calib: list
-    reduce_range: bool
-    objectives: list
-    problem: dict[str, Any]
-
-    def cheap(self, c) -> dict[str, float]:
-        """LUT latency and size: no true evaluation needed."""
-        layers = self.supernet.layers(c)
-        return {"latency_ms": self.lut.predict(layers)["latency_ms"],
-                "size_bytes": float(sum(s.size_bytes for s in layers))}
-
-    def evaluate(self, c) -> dict[str, float]:
-        """Accuracy of the candidate with simulated quantization, plus its cheap objectives."""
-        from bitnas.supernets.evaluate import accuracy, prepare_subnet
-        from bitnas.supernets.static import quantize_net
-
-        static = prepare_subnet(self.supernet, c, self.calib)
-        acc = accuracy(quantize_net(static, c.policy_dict, self.calib, self.reduce_range), self.data)
-        return {"accuracy": acc, **self.cheap(c)}
-
-
 def build_problem(cfg: SearchRunConfig, out: Path) -> DemoProblem:
     """The demo problem of ``cfg``: data, supernet (checkpoint or trained), LUT (file or profiled)."""
     import torch
 
     from bitnas.config import DemoConfig
-    from bitnas.demo import _problem_id, build_lut
+    from bitnas.demo import build_lut
     from bitnas.io import sha256_file
     from bitnas.latency_luts import LatencyTable
     from bitnas.passes.inc_ptq import resolve_reduce_range
-    from bitnas.searchers import Objective
     from bitnas.supernets import build_supernet
     from bitnas.supernets.data import load_dataset
     from bitnas.supernets.evaluate import calibration_batches
@@ -132,11 +102,10 @@ def build_problem(cfg: SearchRunConfig, out: Path) -> DemoProblem:
     else:
         lut, lut_path = build_lut(DemoConfig(seed=cfg.seed, lut=cfg.lut), supernet, out, reduce_range)
     calib = calibration_batches(data, cfg.calib_batches, 64, cfg.seed)
-    objectives = [Objective("accuracy", "max"), Objective("latency_ms", "min"), Objective("size_bytes", "min")]
-    problem = _problem_id({"supernet": fingerprint, "lut_sha256": sha256_file(lut_path), "data": data.name,
+    problem = problem_id({"supernet": fingerprint, "lut_sha256": sha256_file(lut_path), "data": data.name,
                            "calib_batches": cfg.calib_batches, "reduce_range": reduce_range,
                            "objectives": list(OBJECTIVE_NAMES)})
-    return DemoProblem(supernet, data, lut, lut_path, calib, reduce_range, objectives, problem)
+    return DemoProblem(supernet, data, lut, lut_path, calib, reduce_range, objectives(), problem)
 
 
 def make_searcher(name: str, problem: DemoProblem, seed: int, options: dict[str, Any],
@@ -155,25 +124,6 @@ def make_searcher(name: str, problem: DemoProblem, seed: int, options: dict[str,
                                constraints=constraints or None, cheap=problem.cheap, **kwargs)
     except TypeError as exc:
         raise ConfigError(f"{source}: key 'options': searcher '{name}' does not take these options ({exc})") from None
-
-
-def hv_reference(problem: DemoProblem) -> tuple[np.ndarray, np.ndarray]:
-    """Fixed normalization (ideal, reference point) of [-accuracy, latency_ms, size_bytes] for the space."""
-    space = problem.supernet.space
-    big = problem.cheap(space.largest((32, 32)))
-    small = [problem.cheap(space.smallest(b)) for b in problem.supernet.d.bit_options]
-    ideal = np.array([-1.0, min(s["latency_ms"] for s in small) * 0.9, min(s["size_bytes"] for s in small) * 0.9])
-    ref = np.array([-0.5, big["latency_ms"] * 1.05, big["size_bytes"] * 1.05])
-    return ideal, ref
-
-
-def normalized_hv(F: np.ndarray, ideal: np.ndarray, ref: np.ndarray) -> float:
-    """Hypervolume of minimization rows ``F`` after mapping [ideal, ref] to [0, 1] (reference point 1)."""
-    from bitnas.searchers import hypervolume
-
-    if not len(F):
-        return 0.0
-    return hypervolume((np.asarray(F, float) - ideal) / (ref - ideal), np.ones(len(ideal)))
 
 
 def run_search_command(cfg: SearchRunConfig, out: str | Path, source: str = "<config>") -> dict[str, Any]:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
 from pathlib import Path
 from typing import Any
 
@@ -14,15 +12,10 @@ from bitnas.config import DemoConfig
 from bitnas.errors import UserError
 from bitnas.io import atomic_write_bytes, atomic_write_json, sha256_file
 from bitnas.pipeline import PassContext, Sequential
+from bitnas.problem import OBJECTIVE_NAMES, DemoProblem, objectives, problem_id
 
 OBJECTIVES_DOC = "accuracy (val split, simulated quantization) max; latency_ms (LUT) min; size_bytes min"
 TARGET = "ort-cpu"
-
-
-def _problem_id(parts: dict[str, Any]) -> dict[str, Any]:
-    parts = dict(parts)
-    parts["hash"] = hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
-    return parts
 
 
 def build_lut(cfg: DemoConfig, supernet, out: Path, reduce_range: bool):
@@ -106,11 +99,10 @@ def run_demo(cfg: DemoConfig, out: str | Path) -> dict[str, Any]:
         Verify,
     )
     from bitnas.passes.inc_ptq import resolve_reduce_range
-    from bitnas.searchers import SEARCHERS, Objective, Study, knee_point, non_dominated, run_search
+    from bitnas.searchers import SEARCHERS, Study, knee_point, non_dominated, run_search
     from bitnas.supernets import build_supernet
     from bitnas.supernets.data import load_dataset
     from bitnas.supernets.evaluate import accuracy, calibration_batches, prepare_subnet
-    from bitnas.supernets.static import quantize_net
     from bitnas.supernets.train import train_supernet
 
     out = Path(out)
@@ -147,44 +139,33 @@ def run_demo(cfg: DemoConfig, out: str | Path) -> dict[str, Any]:
 
     # 4. search
     calib = calibration_batches(data, cfg.search.calib_batches, 64, cfg.seed)
-    objectives = [Objective("accuracy", "max"), Objective("latency_ms", "min"), Objective("size_bytes", "min")]
-
-    def evaluate(c) -> dict[str, float]:
-        static = prepare_subnet(supernet, c, calib)
-        layers = supernet.layers(c)
-        return {
-            "accuracy": accuracy(quantize_net(static, c.policy_dict, calib, reduce_range), data),
-            "latency_ms": lut.predict(layers)["latency_ms"],
-            "size_bytes": float(sum(s.size_bytes for s in layers)),
-        }
-
-    problem = _problem_id({"supernet": trained["fingerprint"], "lut_sha256": sha256_file(lut_path),
-                           "data": data.name, "calib_batches": cfg.search.calib_batches,
-                           "reduce_range": reduce_range, "objectives": [o.name for o in objectives]})
+    problem = DemoProblem(supernet, data, lut, lut_path, calib, reduce_range, objectives(), problem_id({
+        "supernet": trained["fingerprint"], "lut_sha256": sha256_file(lut_path), "data": data.name,
+        "calib_batches": cfg.search.calib_batches, "reduce_range": reduce_range, "objectives": list(OBJECTIVE_NAMES)}))
     study_path = out / "study.sqlite"
     try:
-        study = Study(study_path, problem)
+        study = Study(study_path, problem.problem)
     except UserError:
-        stale = study_path.with_name(f"study.{problem['hash']}.old.sqlite")
+        stale = study_path.with_name(f"study.{problem.problem['hash']}.old.sqlite")
         study_path.rename(stale)
         ui.console.print(f"search: the previous study belongs to another problem; kept as {stale}")
-        study = Study(study_path, problem)
+        study = Study(study_path, problem.problem)
     if len(study):
         ui.console.print(f"search: resuming study {study_path} with {len(study)} evaluations")
-    searcher = SEARCHERS[cfg.search.algorithm](space, objectives, seed=cfg.seed, pop_size=cfg.search.pop_size)
+    searcher = SEARCHERS[cfg.search.algorithm](space, problem.objectives, seed=cfg.seed, pop_size=cfg.search.pop_size)
     best = {"acc": 0.0}
     with ui.progress_bar(f"search ({cfg.search.algorithm})", cfg.search.budget) as update:
         def progress(n: int, total: int, obj: dict[str, float]) -> None:
             best["acc"] = max(best["acc"], obj["accuracy"])
             update(n, f"best acc {best['acc']:.3f}")
 
-        evals = run_search(searcher, evaluate, cfg.search.budget, study, progress)
+        evals = run_search(searcher, problem.evaluate, cfg.search.budget, study, progress)
     F = np.array([[-e.objectives["accuracy"], e.objectives["latency_ms"], e.objectives["size_bytes"]] for e in evals])
     mask = non_dominated(F)
     front = [e for e, m in zip(evals, mask) if m]
     front.sort(key=lambda e: e.objectives["latency_ms"])
     front_ids = {e.candidate.id for e in front}
-    study.export_json(out / "search.json", objectives, front_ids)
+    study.export_json(out / "search.json", problem.objectives, front_ids)
     study.close()
     knee = front[knee_point(np.array([[-e.objectives["accuracy"], e.objectives["latency_ms"],
                                        e.objectives["size_bytes"]] for e in front]))]

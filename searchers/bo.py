@@ -43,8 +43,8 @@ class BoSearcher(HistorySearcher):
                  constraints: Mapping[str, float] | None = None, cheap: CheapFn | None = None,
                  pop_size: int = 20, batch_size: int | None = 5, acquisition: Literal["hvi", "ucb"] = "hvi",
                  kappa: float = 1.0, references: Mapping[str, float] | None = None, inner_pop: int = 80,
-                 inner_gens: int = 25, pool_size: int = 400):
-        super().__init__(space, objectives, seed, constraints, cheap, pop_size, batch_size)
+                 inner_gens: int = 25, pool_size: int = 400, init: str = "cheap-front"):
+        super().__init__(space, objectives, seed, constraints, cheap, pop_size, batch_size, init)
         if acquisition not in ("hvi", "ucb"):
             raise ConfigError(f"bo: unknown acquisition '{acquisition}' (hvi or ucb)")
         self.acquisition, self.kappa = acquisition, float(kappa)

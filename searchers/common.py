@@ -6,12 +6,15 @@ from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 
+from bitnas.errors import ConfigError
 from bitnas.searchers.base import CheapFn, Objective, Searcher
 from bitnas.searchers.pareto import hypervolume, non_dominated
 from bitnas.space import Candidate, SearchSpace
 
 # every searcher draws its first population from this stream, so for one seed they all start alike
 INIT_STREAM = 7
+# "random": uniform samples; "cheap-front": spread along the front of the exact cheap objectives
+INIT_DESIGNS = ("random", "cheap-front")
 
 ModelFn = Callable[[Sequence[Candidate]], np.ndarray]
 
@@ -21,8 +24,11 @@ class HistorySearcher(Searcher):
 
     def __init__(self, space: SearchSpace, objectives: Sequence[Objective], seed: int = 0,
                  constraints: Mapping[str, float] | None = None, cheap: CheapFn | None = None,
-                 pop_size: int = 20, batch_size: int | None = None):
+                 pop_size: int = 20, batch_size: int | None = None, init: str = "random"):
         super().__init__(space, objectives, seed, constraints, cheap)
+        if init not in INIT_DESIGNS:
+            raise ConfigError(f"unknown init '{init}' (known: {', '.join(INIT_DESIGNS)})")
+        self.init = init
         self.pop_size = int(pop_size)
         self.batch_size = int(batch_size or max(1, pop_size // 2))
         self.rng = np.random.default_rng([seed, 1])
@@ -104,7 +110,31 @@ class HistorySearcher(Searcher):
         return out
 
     def initial_population(self) -> list[Candidate]:
+        """The first ``pop_size`` candidates: uniform, or (``init="cheap-front"``) a cheap-objective design."""
+        if self.init == "cheap-front" and self.cheap_index and self.model_index:
+            return self.cheap_front_design(self.pop_size)
         return self.sample_feasible(self.pop_size, self._init_rng, set(self.seen))
+
+    def cheap_front_design(self, n: int, pool_factor: int = 20) -> list[Candidate]:
+        """``n`` candidates from a uniform pool of ``pool_factor * n``: half spread along the pool's front in
+        the exact cheap objectives (greedy hypervolume order), half uniform for the predictors to learn from.
+
+        Before any true evaluation only the cheap objectives (LUT latency, size) are known, and a random
+        candidate is usually dominated in them by another one of the same pool; the free information decides
+        where the first evaluations go, as APQ uses its LUT before evaluating anything.
+        """
+        pool = self.sample_feasible(n * pool_factor, self._init_rng, set(self.seen))
+        C = self.cheap_matrix(pool)
+        front: list[int] = []
+        left = np.arange(len(pool))
+        while len(front) < (n + 1) // 2 and len(left):  # peel fronts: the first, then the next, ...
+            layer = left[non_dominated(C[left])]
+            order = greedy_hv_select(np.zeros((0, C.shape[1])), C[layer], len(layer))
+            front += [int(layer[i]) for i in order][: (n + 1) // 2 - len(front)]
+            left = np.setdiff1d(left, layer)
+        taken = set(front)
+        rest = [i for i in range(len(pool)) if i not in taken][: n - len(front)]
+        return [pool[i] for i in front + rest]
 
     def fill(self, chosen: list[Candidate], n: int) -> list[Candidate]:
         """Top ``chosen`` up to ``n`` with mutations of evaluated front members, then random candidates."""

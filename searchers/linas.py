@@ -26,8 +26,8 @@ class LinasSearcher(HistorySearcher):
     def __init__(self, space: SearchSpace, objectives: Sequence[Objective], seed: int = 0,
                  constraints: Mapping[str, float] | None = None, cheap: CheapFn | None = None,
                  pop_size: int = 20, batch_size: int | None = None, inner_pop: int = 80, inner_gens: int = 30,
-                 predictors: Sequence[str] = ("ridge", "svr")):
-        super().__init__(space, objectives, seed, constraints, cheap, pop_size, batch_size)
+                 predictors: Sequence[str] = ("ridge", "svr"), init: str = "cheap-front"):
+        super().__init__(space, objectives, seed, constraints, cheap, pop_size, batch_size, init)
         self.inner_pop, self.inner_gens = int(inner_pop), int(inner_gens)
         self.predictor_kinds = tuple(predictors)
         self.rounds = 0

@@ -85,3 +85,38 @@ def test_pareto_utilities_on_a_hand_example():
     assert front[knee_point(front)].tolist() == [2, 2]
     assert hypervolume(np.array([[1.0, 1.0]]), np.array([2.0, 3.0])) == pytest.approx(2.0)
     assert hypervolume(np.array([[4.0, 4.0]]), np.array([2.0, 3.0])) == 0.0
+
+
+def _cheap_problem(space):
+    """Accuracy needs a true evaluation; cost (the encoding's sum) is known exactly before any."""
+    def cheap(c):
+        return {"cost": float(space.encode(c).sum())}
+    return cheap
+
+
+@pytest.mark.parametrize("name", ["linas", "bo", "evolution"])
+def test_model_based_searchers_start_on_the_cheap_front(name):
+    from bitnas.searchers import SEARCHERS
+
+    space = get_space("mbv2-tiny")
+    cheap = _cheap_problem(space)
+    s = SEARCHERS[name](space, OBJ, seed=2, pop_size=10, cheap=cheap)
+    r = SEARCHERS["random"](space, OBJ, seed=2, pop_size=10, cheap=cheap)
+    design, uniform = s.ask(), r.ask()
+    assert len(design) == 10 and len({c.id for c in design}) == 10
+    costs = [cheap(c)["cost"] for c in design]
+    # the first half comes from the cheap front of a 200-candidate pool: far cheaper than uniform samples
+    assert max(costs[:5]) < min(cheap(c)["cost"] for c in uniform)
+    # the second half stays uniform, so the predictors see the whole space
+    assert np.median(costs[5:]) > max(costs[:5])
+    # and init="random" gives exactly the random searcher's first population
+    plain = SEARCHERS[name](space, OBJ, seed=2, pop_size=10, cheap=cheap, init="random").ask()
+    assert [c.id for c in plain] == [c.id for c in uniform]
+
+
+def test_unknown_initial_design_is_refused():
+    from bitnas.errors import ConfigError
+    from bitnas.searchers import SEARCHERS
+
+    with pytest.raises(ConfigError, match="unknown init 'grid'"):
+        SEARCHERS["linas"](get_space("mbv2-tiny"), OBJ, init="grid")
