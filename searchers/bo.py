@@ -21,8 +21,7 @@ import numpy as np
 
 from bitnas.errors import ConfigError
 from bitnas.searchers.base import CheapFn, Objective
-from bitnas.searchers.common import HistorySearcher, greedy_hv_select, nsga2_on_model
-from bitnas.searchers.pareto import non_dominated
+from bitnas.searchers.common import HistorySearcher, propose_by_model
 from bitnas.searchers.predictors import GpPredictor, onehot
 from bitnas.space import Candidate, SearchSpace
 
@@ -84,16 +83,7 @@ class BoSearcher(HistorySearcher):
                 out[:, self.cheap_index] = self.cheap_matrix(cands)
             return out
 
-        front = [self.X[i] for i in np.flatnonzero(non_dominated(F))]
-        cands, Fp = nsga2_on_model(self, optimistic, self.inner_pop, self.inner_gens,
-                                   seed=self.seed * 1000 + self.rounds, start=front)
-        fresh = [i for i, c in enumerate(cands) if c.id not in self.seen]
-        cands, Fp = [cands[i] for i in fresh], Fp[fresh]
-        if len(cands):
-            keep = non_dominated(Fp)
-            cands, Fp = [c for c, k in zip(cands, keep) if k], Fp[keep]
-        pick = greedy_hv_select(F, Fp, self.batch_size)
-        return self.fill([cands[i] for i in pick], self.batch_size)
+        return propose_by_model(self, optimistic, self.inner_pop, self.inner_gens)
 
     def _ask_ucb(self) -> list[Candidate]:
         raws = [self._raw(y) for y in self.Y]

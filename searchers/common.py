@@ -248,3 +248,19 @@ def nsga2_on_model(searcher: HistorySearcher, model: ModelFn, pop_size: int, n_g
     cands = [v[0] for v in visited.values()]
     F = np.array([v[1] for v in visited.values()]).reshape(len(cands), len(searcher.objectives))
     return cands, F
+
+
+def propose_by_model(searcher: HistorySearcher, model: ModelFn, inner_pop: int, inner_gens: int) -> list[Candidate]:
+    """One model-based round: NSGA-II on ``model`` seeded with the evaluated front, then the fresh predicted
+    non-dominated candidates that add the most hypervolume to the evaluated front, topped up by ``fill``."""
+    F = searcher.F
+    front = [searcher.X[i] for i in np.flatnonzero(non_dominated(F))]
+    cands, Fp = nsga2_on_model(searcher, model, inner_pop, inner_gens,
+                               seed=searcher.seed * 1000 + searcher.rounds, start=front)
+    fresh = [i for i, c in enumerate(cands) if c.id not in searcher.seen]
+    cands, Fp = [cands[i] for i in fresh], Fp[fresh]
+    if len(cands):
+        keep = non_dominated(Fp)
+        cands, Fp = [c for c, k in zip(cands, keep) if k], Fp[keep]
+    pick = greedy_hv_select(F, Fp, searcher.batch_size)
+    return searcher.fill([cands[i] for i in pick], searcher.batch_size)
