@@ -20,12 +20,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from bitnas.errors import ConfigError, UserError
+from bitnas.errors import ConfigError
 from bitnas.io import atomic_torch_save
 from bitnas.space import Candidate, SearchSpace
 from bitnas.supernets.data import Dataset
 from bitnas.supernets.evaluate import accuracy, calibration_batches
 from bitnas.supernets.qat import calibrate
+from bitnas.supernets.train import resume_state
 
 StepFn = Callable[[int, int, int, float], None]  # (epoch, step in epoch, steps per epoch, loss)
 EpochFn = Callable[[int, int, dict[str, float]], None]
@@ -125,18 +126,12 @@ def train_qat_supernet(
     phase_of = [p for p, (e, _) in enumerate(schedule) for _ in range(e)]
     start_epoch, start_step, history, partial = 0, 0, [], []
     ckpt = Path(checkpoint) if checkpoint else None
-    if ckpt is not None and ckpt.exists():
-        try:
-            state = torch.load(ckpt, map_location="cpu", weights_only=True)
-        except Exception as exc:  # noqa: BLE001
-            raise UserError(f"{ckpt}: not a readable supernet checkpoint ({exc})") from None
-        if not isinstance(state, dict) or "fingerprint" not in state:
-            raise UserError(f"{ckpt}: not a bitnas supernet checkpoint")
-        if state["fingerprint"] == fp:
-            net.load_state_dict(state["model"])
-            opt.load_state_dict(state["optimizer"])
-            start_epoch, start_step = int(state["epoch"]), int(state["step"])
-            history, partial = json.loads(state["history"]), json.loads(state["partial_losses"])
+    state = resume_state(ckpt, fp)
+    if state is not None:
+        net.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        start_epoch, start_step = int(state["epoch"]), int(state["step"])
+        history, partial = json.loads(state["history"]), json.loads(state["partial_losses"])
 
     def save(epoch: int, step: int, losses: list[float]) -> None:
         if ckpt is not None:

@@ -26,6 +26,22 @@ def _fingerprint(settings: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
 
 
+def resume_state(ckpt: Path | None, fingerprint: str) -> dict | None:
+    """The training state in ``ckpt`` when it was written by a run with the same settings, else None.
+
+    A file that is not a readable bitnas supernet checkpoint is the user's error, named.
+    """
+    if ckpt is None or not ckpt.exists():
+        return None
+    try:
+        state = torch.load(ckpt, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001
+        raise UserError(f"{ckpt}: not a readable supernet checkpoint ({exc})") from None
+    if not isinstance(state, dict) or "fingerprint" not in state:
+        raise UserError(f"{ckpt}: not a bitnas supernet checkpoint")
+    return state if state["fingerprint"] == fingerprint else None
+
+
 def train_supernet(
     net: MBV2Supernet,
     data: Dataset,
@@ -53,16 +69,12 @@ def train_supernet(
     total = epochs * steps_per_epoch
     start_epoch, history = 0, []
     ckpt = Path(checkpoint) if checkpoint else None
-    if ckpt is not None and ckpt.exists():
-        try:
-            state = torch.load(ckpt, map_location="cpu", weights_only=True)
-        except Exception as exc:  # noqa: BLE001
-            raise UserError(f"{ckpt}: not a readable supernet checkpoint ({exc})") from None
-        if state.get("fingerprint") == fp:
-            net.load_state_dict(state["model"])
-            opt.load_state_dict(state["optimizer"])
-            start_epoch = int(state["epoch"])
-            history = json.loads(state["history"])
+    state = resume_state(ckpt, fp)
+    if state is not None:
+        net.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        start_epoch = int(state["epoch"])
+        history = json.loads(state["history"])
     for epoch in range(start_epoch, epochs):
         rng = np.random.default_rng([seed, epoch])
         torch.manual_seed(seed * 100003 + epoch)
