@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import tempfile
 from pathlib import Path
 
 from bitnas.errors import UserError
@@ -68,9 +69,17 @@ def _cmd_profile(args: argparse.Namespace) -> int:
         items = layer_items(specs, bits) + block_items(use_blocks, bits, args.blocks_mixed)
         meas = {"warmup": args.warmup, "repeats": args.repeats, "rounds": args.rounds, "chunk": args.chunk,
                 "statistic": args.statistic, "batch": 1}
-        with _progress("export bundle", len(items)) as update:
-            export_bundle(items, args.export_bundle, reduce_range, meas, d.name, update)
-        ui.console.print(f"bundle: {len(items)} models -> {args.export_bundle}")
+        with tempfile.TemporaryDirectory(prefix="bitnas-bundle-nets-") as tmp:
+            networks = []
+            if args.calibrate:  # whole subnets measured with the layers, for the import's calibration
+                from bitnas.latency_luts.validate import calibration_networks
+
+                networks = calibration_networks(d.name, args.calibrate, Path(tmp), reduce_range,
+                                                image_size=args.image_size, in_channels=args.in_channels)
+            with _progress("export bundle", len(items)) as update:
+                export_bundle(items, args.export_bundle, reduce_range, meas, d.name, update, networks)
+        ui.console.print(f"bundle: {len(items)} models and {len(networks)} calibration subnets -> "
+                         f"{args.export_bundle}")
         return 0
     if not args.out:
         raise UserError("--out: where to write the LUT is required")
@@ -182,7 +191,8 @@ def register(sub) -> None:
     p.add_argument("--model-dir", help="keep the layer/block ONNX models here (reused across targets)")
     p.add_argument("--preset", help="BitFusion preset (edge, cloud)")
     p.add_argument("--calibrate", type=int, default=0, metavar="N",
-                   help="also measure N subnets end to end and fit the network-level correction (CPU targets)")
+                   help="also measure N subnets end to end and fit the network-level correction (CPU targets; "
+                        "with --export-bundle the subnets travel in the bundle and the import fits it)")
     p.add_argument("--export-bundle", metavar="B.zip", help="write the models + manifest + runner; measure nothing")
     p.add_argument("--bundle", metavar="B.zip", help="measure (or import) a bundle instead of building models")
     p.add_argument("--results", help="with --bundle: import these bundle_runner results instead of measuring")

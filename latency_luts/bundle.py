@@ -23,8 +23,13 @@ RUNTIME_OF_TARGET = {"ort-cpu": "ort", "openvino-cpu": "openvino"}
 
 
 def export_bundle(items: Sequence[Any], out: str | Path, reduce_range: bool, measurement: dict[str, Any],
-                  space: str | None, progress=None) -> Path:
-    """Write the models of ``items`` (profiler Items), the overhead model, the runner and a manifest."""
+                  space: str | None, progress=None, networks: Sequence[tuple[str, Sequence[LayerSpec], Path]] = ()
+                  ) -> Path:
+    """Write the models of ``items`` (profiler Items), the overhead model, the runner and a manifest.
+
+    ``networks`` (candidate id, layers, ONNX path) are whole subnets measured alongside, from which the
+    import fits the table's network-level calibration.
+    """
     import tempfile
 
     import onnx
@@ -48,6 +53,12 @@ def export_bundle(items: Sequence[Any], out: str | Path, reduce_range: bool, mea
                             "layers": [x.to_dict() for x in it.specs]})
             if progress:
                 progress(i + 1, len(items))
+        for cid, layers, path in networks:
+            name = f"networks/{cid}.onnx"
+            zf.write(path, name)
+            s = layers[0]
+            entries.append({"key": f"network:{cid}", "kind": "network", "file": name,
+                            "input_shape": [1, s.cin, s.hw, s.hw], "layers": [x.to_dict() for x in layers]})
         zf.writestr("models/overhead.onnx", overhead_model().SerializeToString())
         zf.writestr("bundle_runner.py", Path(bundle_runner.__file__).read_text())
         manifest = {"format": bundle_runner.BUNDLE_FORMAT, "version": bundle_runner.VERSION, "space": space,
@@ -109,6 +120,15 @@ def import_results(bundle: str | Path, results: str | Path | dict[str, Any], tar
             "reduce_range": manifest.get("reduce_range"), "via": "bundle", "format_version": LUT_VERSION,
             "overhead_corrected": True}
     meas.setdefault("statistic", "median")
-    return table_from_results(target, results.get("fingerprint") or {}, meas, manifest.get("space"), items, res,
-                              results.get("overheads") or [],
-                              notes=[f"measured from bundle {bundle.name} by bundle_runner"])
+    table = table_from_results(target, results.get("fingerprint") or {}, meas, manifest.get("space"), items, res,
+                               results.get("overheads") or [],
+                               notes=[f"measured from bundle {bundle.name} by bundle_runner"])
+    nets = [(k, specs) for k, kind, specs in items if kind == "network"]
+    if nets:
+        from bitnas.latency_luts.validate import fit_calibration
+
+        stat = f"{table.statistic}_ms"
+        table.calibration = {**fit_calibration(table, [list(specs) for _, specs in nets],
+                                               [res[k][stat] for k, _ in nets]),
+                             "ids": [k.split(":", 1)[1] for k, _ in nets], "via": "bundle"}
+    return table

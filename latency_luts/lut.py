@@ -224,7 +224,8 @@ class LatencyTable:
             feats = network_features(latency - ov, units, self.calibration.get("features", LEGACY_CALIBRATION_FEATURES))
             coef = self.calibration["coef"]
             out["latency_uncalibrated_ms"] = latency
-            out["latency_ms"] = float(sum(c * f for c, f in zip(coef, feats)))
+            # a linear fit can extrapolate below anything runnable: no network is faster than an empty call
+            out["latency_ms"] = max(float(sum(c * f for c, f in zip(coef, feats))), ov)
             rel = float(self.calibration.get("residual_sd_rel", 0.0))
             out["latency_sd_ms"] = math.sqrt(var + (rel * out["latency_ms"]) ** 2)
         if all("energy_mj" in self.entries.get(s.key, {}) for s in layers) and layers:

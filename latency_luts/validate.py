@@ -28,9 +28,10 @@ def metrics(pred: np.ndarray, meas: np.ndarray) -> dict[str, float]:
     return {"mape": float(100 * err.mean()), "kendall_tau": float(tau), "within_10pct": float((err <= 0.10).mean())}
 
 
-def draw_candidates(space, supernet, lut: LatencyTable, n: int, seed: int, pool: int = 0,
+def draw_candidates(space, supernet, lut: LatencyTable | None, n: int, seed: int, pool: int = 0,
                     exclude: set[str] | None = None) -> list:
-    """``n`` distinct candidates spread evenly over the predicted latency range of a random pool."""
+    """``n`` distinct candidates spread evenly over the predicted latency range of a random pool (over the
+    range of their multiply-accumulates when there is no table yet)."""
     rng = np.random.default_rng(seed)
     pool = pool or max(20 * n, 200)
     cands, seen = [], set(exclude or ())
@@ -44,7 +45,10 @@ def draw_candidates(space, supernet, lut: LatencyTable, n: int, seed: int, pool:
         if c.id not in seen:
             seen.add(c.id)
             cands.append(c)
-    preds = np.array([lut.predict(supernet.layers(c))["latency_ms"] for c in cands])
+    if lut is None:
+        preds = np.array([sum(s.macs for s in supernet.layers(c)) for c in cands], dtype=float)
+    else:
+        preds = np.array([lut.predict(supernet.layers(c))["latency_ms"] for c in cands])
     order = np.argsort(preds)
     picks = np.unique(np.round(np.linspace(0, len(cands) - 1, n)).astype(int))
     return [cands[order[i]] for i in picks]
@@ -71,6 +75,18 @@ def build_subnet_model(supernet, candidate, folder: Path, reduce_range: bool, in
     return path
 
 
+def calibration_networks(space_name: str, samples: int, folder: Path, reduce_range: bool, seed: int = 1000,
+                         image_size: int = 32, in_channels: int = 1) -> list[tuple[str, list, Path]]:
+    """(candidate id, layers, ONNX path) of ``samples`` subnets for a calibration measured elsewhere (a bundle)."""
+    from bitnas.supernets import build_supernet
+
+    supernet = build_supernet(space_name, in_channels=in_channels, image_size=image_size).eval()
+    cands = draw_candidates(supernet.space, supernet, None, samples, seed)
+    in_shape = (in_channels, image_size, image_size)
+    return [(c.id, supernet.layers(c), build_subnet_model(supernet, c, folder, reduce_range, in_shape))
+            for c in cands]
+
+
 def _measure(backend, supernet, cands, folder: Path, reduce_range: bool, in_shape, warmup: int, repeats: int,
              rounds: int, progress=None) -> dict[str, list[np.ndarray]]:
     from bitnas.backends.base import interleaved_samples
@@ -95,7 +111,6 @@ def calibrate(lut: LatencyTable, backend, space_name: str, samples: int = 24, se
     import tempfile
 
     from bitnas.backends.base import Measurement
-    from bitnas.latency_luts.lut import group_units, network_features
     from bitnas.supernets import build_supernet
 
     features = tuple(features)
@@ -110,9 +125,27 @@ def calibrate(lut: LatencyTable, backend, space_name: str, samples: int = 24, se
         raw = _measure(backend, supernet, cands, Path(workdir) if workdir else Path(tmp),
                        bool(lut.measurement.get("reduce_range", False)), in_shape, warmup, repeats, rounds)
     meas = np.array([Measurement.from_samples(np.concatenate(raw[c.id])).stat(lut.statistic) for c in cands])
+    return {**fit_calibration(base, [supernet.layers(c) for c in cands], meas, features),
+            "seed": seed, "ids": [c.id for c in cands]}
+
+
+def fit_calibration(lut: LatencyTable, networks, measured_ms, features=CALIBRATION_FEATURES) -> dict[str, Any]:
+    """Least-squares network-level correction of ``lut`` (uncalibrated) from measured whole networks.
+
+    ``networks`` are the layer lists of the measured subnets, ``measured_ms`` their end-to-end latency in
+    the table's statistic. The relative error is estimated from leave-one-out residuals.
+    """
+    from bitnas.latency_luts.lut import group_units, network_features
+
+    features = tuple(features)
+    meas = np.asarray(measured_ms, dtype=float)
+    if len(meas) < len(features) + 4:
+        raise UserError(f"calibration needs at least {len(features) + 4} subnets (it fits {len(features)} "
+                        f"coefficients), not {len(meas)}")
+    base = LatencyTable.from_dict({**lut.to_dict(), "calibration": {}}, lut.source)
     X = []
-    for c in cands:
-        layers = supernet.layers(c)
+    for layers in networks:
+        layers = list(layers)
         p = base.predict(layers)
         units = group_units(layers) if base.blocks else [[s] for s in layers]
         X.append(network_features(p["latency_ms"] - base._overhead(), units, features))
@@ -120,9 +153,8 @@ def calibrate(lut: LatencyTable, backend, space_name: str, samples: int = 24, se
     coef, *_ = np.linalg.lstsq(X, meas, rcond=None)
     hat = X @ np.linalg.pinv(X.T @ X) @ X.T
     loo = (meas - X @ coef) / np.maximum(1 - np.diag(hat), 1e-6)  # leave-one-out residuals
-    return {"features": list(features), "coef": [float(c) for c in coef], "samples": len(cands),
-            "seed": seed, "statistic": lut.statistic, "residual_sd_rel": float(np.sqrt(np.mean((loo / meas) ** 2))),
-            "ids": [c.id for c in cands],
+    return {"features": list(features), "coef": [float(c) for c in coef], "samples": len(meas),
+            "statistic": lut.statistic, "residual_sd_rel": float(np.sqrt(np.mean((loo / meas) ** 2))),
             "method": "least squares of measured end-to-end latency on the features; sd from leave-one-out"}
 
 
