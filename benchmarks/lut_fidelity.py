@@ -91,7 +91,8 @@ def main() -> None:
                "command": "python benchmarks/lut_fidelity.py " + " ".join(sys.argv[1:]),
                "targets": {k: v for k, v in kept.items() if k not in args.targets}}
     for v in summary["targets"].values():
-        v.setdefault("note", "kept from an earlier run, measured while the CPU was shared (load average 7-12)")
+        if "load_average" not in v:  # measured before the runs recorded their own load
+            v.setdefault("note", "kept from an earlier run, measured while the CPU was shared (load average 7-12)")
     summary["load_average_start"] = os.getloadavg()
     for t in args.targets:
         lut = ROOT / "latency_luts" / f"{t}_mbv2-tiny.json"
@@ -118,6 +119,8 @@ def main() -> None:
         entry["units_without_calibration"] = report["units_without_calibration"]
         entry["measured_range_ms"] = report["measured_range_ms"]
         entry["load_average"] = {"before": load_before, "after": os.getloadavg()}
+        entry["note"] = args.note
+        entry["command"] = summary["command"]
         if TARGETS_GOAL[t]:
             entry["meets_targets"] = report["within_10pct"] >= 0.95 and report["kendall_tau"] >= 0.9
         summary["targets"][t] = entry

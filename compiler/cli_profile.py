@@ -219,7 +219,7 @@ def register(sub) -> None:
     c = lsub.add_parser("calibrate", help="fit a LUT's network-level correction on subnets measured end to end")
     c.add_argument("--lut", required=True)
     c.add_argument("--space", default="mbv2-tiny")
-    c.add_argument("--samples", type=int, default=48)
+    c.add_argument("--samples", type=int, default=120)
     c.add_argument("--features", help="comma-separated calibration features (default: all of "
                                       "bitnas.latency_luts.lut.CALIBRATION_FEATURES)")
     c.add_argument("--seed", type=int, default=1000, help="differs from validate's default so they never overlap")

@@ -83,11 +83,38 @@ NETWORK_FEATURES = {
     "mmacs_fp32": lambda t, units: sum(s.macs for u in units for s in u if s.bits != (8, 8)) / 1e6,
     "one": lambda t, units: 1.0,
 }
+
+
+def _kind(s: LayerSpec) -> str:
+    return "dw" if s.groups > 1 else "pw" if s.kernel == 1 and s.op == "conv" else "other"
+
+
+def _per_kind(stat: str, kind: str, int8: bool):
+    """Sum of ``stat`` over the layers of one kind (pointwise, depthwise) at one precision."""
+    def f(t, units):
+        total = 0.0
+        for u in units:
+            for s in u:
+                if _kind(s) == kind and (s.bits == (8, 8)) == int8:
+                    total += {"layers": 1.0, "mmacs": s.macs / 1e6, "kacts": s.cout * s.out_hw ** 2 / 1e3,
+                              "residual": float(s.residual)}[stat]
+        return total
+    return f
+
+
+PER_KIND_FEATURES = tuple(f"{stat}_{kind}_{prec}" for stat in ("layers", "mmacs", "kacts")
+                          for kind in ("pw", "dw") for prec in ("int8", "fp32")) + ("residual_pw_int8",
+                                                                                     "residual_pw_fp32")
+for _name in PER_KIND_FEATURES:
+    _stat, _k, _p = _name.split("_")
+    NETWORK_FEATURES[_name] = _per_kind(_stat, _k, _p == "int8")
+
 # what a calibration fits by default: the LUT's per-unit sum, plus what a unit measured alone cannot see
-# (layout changes and quantize/dequantize where precision switches, the compute a unit shares with its
-# neighbours' caches); tables calibrated before these existed name the four they used
+# (layout changes and quantize/dequantize where precision switches, per-node dispatch, how a layer's
+# compute and activations cost inside a whole graph, by kind and precision: a regressor over LayerSpec
+# features, as nn-Meter learns per kernel); tables calibrated before these existed name the four they used
 CALIBRATION_FEATURES = ("units_sum_ms", "units", "int8_boundaries", "precision_switches", "int8_layers",
-                        "mmacs_int8", "mmacs_fp32", "one")
+                        "mmacs_int8", "mmacs_fp32", *PER_KIND_FEATURES, "one")
 LEGACY_CALIBRATION_FEATURES = ("units_sum_ms", "units", "int8_boundaries", "one")
 
 

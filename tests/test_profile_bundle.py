@@ -126,18 +126,21 @@ def test_bundle_carries_calibration_subnets_and_the_import_fits_them(tmp_path):
     from bitnas.latency_luts import LatencyTable
     from bitnas.supernets import build_supernet
 
+    from bitnas.latency_luts.lut import CALIBRATION_FEATURES
+
+    n = len(CALIBRATION_FEATURES) + 4  # the fewest subnets a calibration takes
     out = tmp_path / "cal.zip"
     assert main(["profile", "--target", "ort-cpu", "--space", "mbv2-tiny", "--export-bundle", str(out),
-                 "--no-blocks", "--repeats", "4", "--rounds", "2", "--warmup", "1", "--calibrate", "12"]) == 0
+                 "--no-blocks", "--repeats", "4", "--rounds", "2", "--warmup", "1", "--calibrate", str(n)]) == 0
     man = bundle_runner.read_manifest(out)
     nets = [it for it in man["items"] if it["kind"] == "network"]
-    assert len(nets) == 12 and all(it["file"].startswith("networks/") for it in nets)
+    assert len(nets) == n and all(it["file"].startswith("networks/") for it in nets)
     lut_path = tmp_path / "lut.json"
     assert main(["profile", "--target", "ort-cpu", "--bundle", str(out), "--out", str(lut_path)]) == 0
     lut = LatencyTable.load(lut_path)
     assert len(lut.entries) == 246  # the subnets calibrate the table; they are not entries
     cal = lut.calibration
-    assert cal["via"] == "bundle" and len(cal["ids"]) == 12 and cal["samples"] == 12
+    assert cal["via"] == "bundle" and len(cal["ids"]) == n and cal["samples"] == n
     net = build_supernet("mbv2-tiny")
     for c in (net.space.largest((8, 8)), net.space.smallest((32, 32))):
         p = lut.predict(net.layers(c))

@@ -154,17 +154,19 @@ def test_profile_and_validate_cli(tmp_path, capsys):
         assert k in report
     assert report["samples"] == 3 and (tmp_path / "v.png").stat().st_size > 1000
     cal = tmp_path / "cal.json"
-    assert main(["lut", "calibrate", "--lut", str(out), "--samples", "12", "--repeats", "4", "--rounds", "2",
-                 "--out", str(cal)]) == 0
+    few = ["units_sum_ms", "units", "precision_switches", "one"]
+    assert main(["lut", "calibrate", "--lut", str(out), "--samples", "8", "--repeats", "4", "--rounds", "2",
+                 "--features", ",".join(few), "--out", str(cal)]) == 0
     calibrated = LatencyTable.load(cal)
-    assert len(calibrated.calibration["ids"]) == 12 and calibrated.calibration["residual_sd_rel"] >= 0
-    assert calibrated.calibration["features"] == list(CALIBRATION_FEATURES)
+    assert len(calibrated.calibration["ids"]) == 8 and calibrated.calibration["residual_sd_rel"] >= 0
+    assert calibrated.calibration["features"] == few
     from bitnas.supernets import build_supernet
 
     net = build_supernet("mbv2-tiny")
     p = calibrated.predict(net.layers(net.space.largest((8, 8))))
     assert p["latency_ms"] > 0 and "latency_uncalibrated_ms" in p
     assert main(["lut", "calibrate", "--lut", str(out), "--samples", "3"]) == 2
+    assert f"at least {len(CALIBRATION_FEATURES) + 4} subnets" in capsys.readouterr().err
     assert main(["lut", "calibrate", "--lut", str(out), "--features", "units_sum_ms,flops"]) == 2
     assert "unknown feature(s) ['flops']" in capsys.readouterr().err
     data = json.loads(out.read_text())
