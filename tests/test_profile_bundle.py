@@ -124,9 +124,8 @@ def test_cli_exports_a_bundle_of_the_whole_space(tmp_path):
 
 def test_bundle_carries_calibration_subnets_and_the_import_fits_them(tmp_path):
     from bitnas.latency_luts import LatencyTable
-    from bitnas.supernets import build_supernet
-
     from bitnas.latency_luts.lut import CALIBRATION_FEATURES
+    from bitnas.supernets import build_supernet
 
     n = len(CALIBRATION_FEATURES) + 4  # the fewest subnets a calibration takes
     out = tmp_path / "cal.zip"
