@@ -43,10 +43,19 @@ def space_names() -> list[str]:
 
 
 def space_def(name: str, in_channels: int = 1, image_size: int = 32, num_classes: int = 10) -> MBV2Def:
+    """The definition of an elastic MobileNetV2 space: what the profiler, the demo and ``lut validate`` take."""
     try:
         factory = SPACES[name]
     except KeyError:
-        raise SpaceError(f"unknown search space '{name}' (known: {', '.join(space_names())})") from None
+        if name in PAPER_SPACES:
+            what = "a paper-scale space for search only (no supernet to measure)"
+        elif name in _family_spaces():
+            what = (f"a space of the '{_family_spaces()[name][0]}' family (bitnas train-supernet --family "
+                    f"{_family_spaces()[name][0]}); its layers are not enumerated for profiling yet")
+        else:
+            raise SpaceError(f"unknown search space '{name}' (known: {', '.join(space_names())})") from None
+        raise SpaceError(f"space '{name}' is {what}; this command takes the MobileNetV2 spaces: "
+                         f"{', '.join(sorted(SPACES))}") from None
     return factory(in_channels=in_channels, image_size=image_size, num_classes=num_classes)
 
 

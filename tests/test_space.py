@@ -107,6 +107,15 @@ def test_unknown_space_is_a_clear_error():
         get_space("nope")
 
 
+def test_profiling_a_space_without_a_measurable_supernet_says_why(capsys, tmp_path):
+    out = str(tmp_path / "l.json")
+    assert main(["profile", "--target", "ort-cpu", "--space", "ofa-resnet-tiny", "--out", out]) == 2
+    err = capsys.readouterr().err
+    assert "'ofa-resnet-tiny' is a space of the 'resnet' family" in err and "takes the MobileNetV2 spaces: mbv2-tiny" in err
+    assert main(["profile", "--target", "ort-cpu", "--space", "apq-mbv2", "--out", out]) == 2
+    assert "'apq-mbv2' is a paper-scale space for search only" in capsys.readouterr().err
+
+
 def test_cli_space_info_json(capsys):
     assert main(["space", "info", "mbv2-tiny", "--json"]) == 0
     info = json.loads(capsys.readouterr().out)
