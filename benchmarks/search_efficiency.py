@@ -4,7 +4,7 @@ Every searcher runs with the same budget of true evaluations for several seeds o
 (mbv2-tiny supernet trained on the digits, accuracy with simulated quantization, LUT latency, size).
 Accuracy evaluation is deterministic per candidate, so all runs share one cache study keyed by candidate
 id; each run still counts every candidate it asks as a true evaluation. Hypervolume uses a fixed
-normalization and reference point (``bitnas.cli_search.hv_reference``). Also benchmarks the predictors:
+normalization and reference point (``bitnas.problem.hv_reference``). Also benchmarks the predictors:
 APQ transfer (pre-trained on float accuracies) against training from scratch on the same few quantized
 samples, plus ridge/SVR/GP/MLP, by MAPE, Kendall tau and pairwise accuracy on held-out candidates.
 
@@ -82,7 +82,8 @@ SEARCHER_OPTIONS = {
 def run_one(task):
     """One (searcher, seed) run; returns its hypervolume after each true evaluation."""
     args, name, seed = task
-    from bitnas.cli_search import hv_reference, make_searcher, normalized_hv
+    from bitnas.cli_search import make_searcher
+    from bitnas.problem import hv_reference, normalized_hv
     from bitnas.searchers import Study, run_search
 
     problem, cache = _problem(args)
@@ -199,8 +200,8 @@ def plot(curves, target, path, budget):
 
 def write_results(args, argv, runs, t0, n_tasks) -> None:
     """Rewrite the JSON and plot with every run finished so far (the file is always complete and valid)."""
-    from bitnas.cli_search import hv_reference
     from bitnas.io import atomic_write_json
+    from bitnas.problem import hv_reference
 
     runs = sorted(runs, key=lambda r: (r["searcher"], r["seed"]))
     curves, summary, target = summarize(runs, args.budget)

@@ -18,9 +18,7 @@ from pydantic import Field, field_validator
 from bitnas import ui
 from bitnas.config import DataConfig, LutConfig, StrictModel, SupernetConfig
 from bitnas.errors import ConfigError, UserError
-from bitnas.problem import OBJECTIVE_NAMES, DemoProblem, hv_reference, normalized_hv, objectives, problem_id
-
-__all__ = ["DemoProblem", "OBJECTIVE_NAMES", "build_problem", "hv_reference", "make_searcher", "normalized_hv"]
+from bitnas.problem import DemoProblem, hv_reference, normalized_hv
 
 
 class SearchRunConfig(StrictModel):
@@ -102,10 +100,7 @@ def build_problem(cfg: SearchRunConfig, out: Path) -> DemoProblem:
     else:
         lut, lut_path = build_lut(DemoConfig(seed=cfg.seed, lut=cfg.lut), supernet, out, reduce_range)
     calib = calibration_batches(data, cfg.calib_batches, 64, cfg.seed)
-    problem = problem_id({"supernet": fingerprint, "lut_sha256": sha256_file(lut_path), "data": data.name,
-                           "calib_batches": cfg.calib_batches, "reduce_range": reduce_range,
-                           "objectives": list(OBJECTIVE_NAMES)})
-    return DemoProblem(supernet, data, lut, lut_path, calib, reduce_range, objectives(), problem)
+    return DemoProblem.create(supernet, data, lut, lut_path, calib, reduce_range, fingerprint, cfg.calib_batches)
 
 
 def make_searcher(name: str, problem: DemoProblem, seed: int, options: dict[str, Any],

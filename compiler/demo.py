@@ -10,9 +10,9 @@ import numpy as np
 from bitnas import ui
 from bitnas.config import DemoConfig
 from bitnas.errors import UserError
-from bitnas.io import atomic_write_bytes, atomic_write_json, sha256_file
+from bitnas.io import atomic_write_bytes, atomic_write_json
 from bitnas.pipeline import PassContext, Sequential
-from bitnas.problem import OBJECTIVE_NAMES, DemoProblem, objectives, problem_id
+from bitnas.problem import DemoProblem
 
 OBJECTIVES_DOC = "accuracy (val split, simulated quantization) max; latency_ms (LUT) min; size_bytes min"
 TARGET = "ort-cpu"
@@ -139,9 +139,8 @@ def run_demo(cfg: DemoConfig, out: str | Path) -> dict[str, Any]:
 
     # 4. search
     calib = calibration_batches(data, cfg.search.calib_batches, 64, cfg.seed)
-    problem = DemoProblem(supernet, data, lut, lut_path, calib, reduce_range, objectives(), problem_id({
-        "supernet": trained["fingerprint"], "lut_sha256": sha256_file(lut_path), "data": data.name,
-        "calib_batches": cfg.search.calib_batches, "reduce_range": reduce_range, "objectives": list(OBJECTIVE_NAMES)}))
+    problem = DemoProblem.create(supernet, data, lut, lut_path, calib, reduce_range, trained["fingerprint"],
+                                 cfg.search.calib_batches)
     study_path = out / "study.sqlite"
     try:
         study = Study(study_path, problem.problem)

@@ -43,6 +43,17 @@ class DemoProblem:
     objectives: list
     problem: dict[str, Any]
 
+    @classmethod
+    def create(cls, supernet, data, lut, lut_path: Path, calib: list, reduce_range: bool, supernet_fingerprint: str,
+               calib_batches: int) -> DemoProblem:
+        """The problem with its identity: what a study is bound to (supernet, LUT file, data, calibration)."""
+        from bitnas.io import sha256_file
+
+        ident = problem_id({"supernet": supernet_fingerprint, "lut_sha256": sha256_file(lut_path), "data": data.name,
+                            "calib_batches": calib_batches, "reduce_range": reduce_range,
+                            "objectives": list(OBJECTIVE_NAMES)})
+        return cls(supernet, data, lut, lut_path, calib, reduce_range, objectives(), ident)
+
     def cheap(self, c) -> dict[str, float]:
         """LUT latency and size: no true evaluation needed."""
         layers = self.supernet.layers(c)

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from bitnas.errors import LutError
+from bitnas.errors import LutError, UserError
 from bitnas.io import atomic_write_bytes
 from bitnas.latency_luts import bundle_runner
 from bitnas.latency_luts.lut import VERSION as LUT_VERSION
@@ -128,7 +128,9 @@ def import_results(bundle: str | Path, results: str | Path | dict[str, Any], tar
         from bitnas.latency_luts.validate import fit_calibration
 
         stat = f"{table.statistic}_ms"
-        table.calibration = {**fit_calibration(table, [list(specs) for _, specs in nets],
-                                               [res[k][stat] for k, _ in nets]),
-                             "ids": [k.split(":", 1)[1] for k, _ in nets], "via": "bundle"}
+        try:
+            fit = fit_calibration(table, [list(specs) for _, specs in nets], [res[k][stat] for k, _ in nets])
+        except UserError as exc:
+            raise LutError(f"{bundle}: its calibration subnets cannot calibrate the table: {exc}") from None
+        table.calibration = {**fit, "ids": [k.split(":", 1)[1] for k, _ in nets], "via": "bundle"}
     return table

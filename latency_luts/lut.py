@@ -89,25 +89,21 @@ def _kind(s: LayerSpec) -> str:
     return "dw" if s.groups > 1 else "pw" if s.kernel == 1 and s.op == "conv" else "other"
 
 
+_LAYER_STATS = {"layers": lambda s: 1.0, "mmacs": lambda s: s.macs / 1e6,
+                "kacts": lambda s: s.cout * s.out_hw ** 2 / 1e3, "residual": lambda s: float(s.residual)}
+
+
 def _per_kind(stat: str, kind: str, int8: bool):
     """Sum of ``stat`` over the layers of one kind (pointwise, depthwise) at one precision."""
-    def f(t, units):
-        total = 0.0
-        for u in units:
-            for s in u:
-                if _kind(s) == kind and (s.bits == (8, 8)) == int8:
-                    total += {"layers": 1.0, "mmacs": s.macs / 1e6, "kacts": s.cout * s.out_hw ** 2 / 1e3,
-                              "residual": float(s.residual)}[stat]
-        return total
-    return f
+    value = _LAYER_STATS[stat]
+    return lambda t, units: sum(value(s) for u in units for s in u
+                                if _kind(s) == kind and (s.bits == (8, 8)) == int8)
 
 
 PER_KIND_FEATURES = tuple(f"{stat}_{kind}_{prec}" for stat in ("layers", "mmacs", "kacts")
                           for kind in ("pw", "dw") for prec in ("int8", "fp32")) + ("residual_pw_int8",
                                                                                      "residual_pw_fp32")
-for _name in PER_KIND_FEATURES:
-    _stat, _k, _p = _name.split("_")
-    NETWORK_FEATURES[_name] = _per_kind(_stat, _k, _p == "int8")
+NETWORK_FEATURES.update({name: _per_kind(*name.split("_")[:2], name.endswith("int8")) for name in PER_KIND_FEATURES})
 
 # what a calibration fits by default: the LUT's per-unit sum, plus what a unit measured alone cannot see
 # (layout changes and quantize/dequantize where precision switches, per-node dispatch, how a layer's

@@ -101,6 +101,12 @@ def _measure(backend, supernet, cands, folder: Path, reduce_range: bool, in_shap
     return interleaved_samples(runners, warmup, repeats, rounds)
 
 
+def _check_samples(samples: int, features: tuple[str, ...]) -> None:
+    if samples < len(features) + 4:
+        raise UserError(f"calibration needs at least {len(features) + 4} subnets (it fits {len(features)} "
+                        f"coefficients), not {samples}")
+
+
 def calibrate(lut: LatencyTable, backend, space_name: str, samples: int = 24, seed: int = 1000,
               repeats: int = 100, rounds: int = 10, warmup: int = 10, image_size: int = 32, in_channels: int = 1,
               workdir: str | Path | None = None, features=CALIBRATION_FEATURES) -> dict[str, Any]:
@@ -114,9 +120,7 @@ def calibrate(lut: LatencyTable, backend, space_name: str, samples: int = 24, se
     from bitnas.supernets import build_supernet
 
     features = tuple(features)
-    if samples < len(features) + 4:
-        raise UserError(f"calibration needs at least {len(features) + 4} subnets (it fits {len(features)} "
-                        f"coefficients), not {samples}")
+    _check_samples(samples, features)  # before measuring anything
     base = LatencyTable.from_dict({**lut.to_dict(), "calibration": {}}, lut.source)
     supernet = build_supernet(space_name, in_channels=in_channels, image_size=image_size).eval()
     cands = draw_candidates(supernet.space, supernet, base, samples, seed)
@@ -139,9 +143,7 @@ def fit_calibration(lut: LatencyTable, networks, measured_ms, features=CALIBRATI
 
     features = tuple(features)
     meas = np.asarray(measured_ms, dtype=float)
-    if len(meas) < len(features) + 4:
-        raise UserError(f"calibration needs at least {len(features) + 4} subnets (it fits {len(features)} "
-                        f"coefficients), not {len(meas)}")
+    _check_samples(len(meas), features)
     base = LatencyTable.from_dict({**lut.to_dict(), "calibration": {}}, lut.source)
     X = []
     for layers in networks:

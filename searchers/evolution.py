@@ -29,7 +29,8 @@ class EvolutionSearcher(HistorySearcher):
                  constraints: Mapping[str, float] | None = None, cheap: CheapFn | None = None,
                  pop_size: int = 20, batch_size: int | None = None, predictor: str = "mlp",
                  inner_pop: int = 40, inner_gens: int = 8, parent_ratio: float = 0.25,
-                 mutation_ratio: float = 0.5, mutate_prob: float = 0.1, predictor_epochs: int = 100, init: str = "cheap-front"):
+                 mutation_ratio: float = 0.5, mutate_prob: float = 0.1, predictor_epochs: int = 100,
+                 init: str = "cheap-front"):
         super().__init__(space, objectives, seed, constraints, cheap, pop_size, batch_size, init)
         if len(self.objectives) < 2:
             raise ConfigError("evolution needs a primary objective and a cost objective")

@@ -144,3 +144,19 @@ def test_bundle_carries_calibration_subnets_and_the_import_fits_them(tmp_path):
     for c in (net.space.largest((8, 8)), net.space.smallest((32, 32))):
         p = lut.predict(net.layers(c))
         assert p["latency_ms"] >= lut._overhead() > 0 and "latency_uncalibrated_ms" in p
+
+
+def test_too_few_calibration_subnets_in_a_bundle_name_the_bundle(tmp_path):
+    from bitnas.latency_luts.validate import calibration_networks
+
+    items = layer_items(list(BLOCK), [(32, 32)])
+    nets = calibration_networks("mbv2-tiny", 2, tmp_path / "nets", reduce_range=False)
+    path = tmp_path / "few.zip"
+    export_bundle(items, path, False, {"warmup": 1, "repeats": 4, "rounds": 2, "chunk": 8, "statistic": "p10"},
+                  "mbv2-tiny", networks=nets)
+    doc = bundle_runner.run_bundle(path, "ort", tmp_path / "res.json")
+    assert len(doc["results"]) == len(items) + 2
+    with pytest.raises(LutError, match="few.zip: its calibration subnets cannot calibrate the table: "
+                                       "calibration needs at least"):
+        import_results(path, tmp_path / "res.json", "ort-cpu")
+    assert (tmp_path / "res.json").exists()  # the measurements are kept
