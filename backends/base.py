@@ -149,24 +149,32 @@ class Backend(ABC):
         return measure_layer(self, spec, warmup=warmup, repeats=repeats, rounds=rounds)
 
 
-_REGISTRY: dict[str, type[Backend]] = {}
-
-
 def register(cls: type[Backend]) -> type[Backend]:
-    _REGISTRY[cls.name] = cls
-    return cls
+    """Class decorator: register a backend under its ``name`` in ``bitnas.api.BACKENDS``."""
+    from bitnas.api import BACKENDS
+
+    return BACKENDS.register(cls.name, cls)
+
+
+def register_target(target: Any) -> Any:
+    """Register a ``bitnas.api.Target`` record in ``bitnas.api.TARGETS``."""
+    from bitnas.api import TARGETS
+
+    return TARGETS.register(target.name, target)
 
 
 def backend_names() -> list[str]:
-    return sorted(_REGISTRY)
+    from bitnas.api import BACKENDS
+
+    return BACKENDS.names()
 
 
 def get_backend(name: str, threads: int = 1) -> Backend:
     """An available backend by name; unknown names and missing runtimes raise clear errors."""
-    try:
-        cls = _REGISTRY[name]
-    except KeyError:
-        raise UnsupportedBackendError(f"unknown backend '{name}' (known: {', '.join(backend_names())})") from None
-    backend = cls(threads=threads)
+    from bitnas.api import BACKENDS
+
+    if name not in BACKENDS:
+        raise UnsupportedBackendError(f"unknown backend '{name}' (known: {', '.join(backend_names())})")
+    backend = BACKENDS.get(name)(threads=threads)
     backend.require()
     return backend

@@ -22,7 +22,8 @@ from typing import Any
 import yaml
 from pydantic import Field
 
-from bitnas.backends.base import Backend, Measurement, Runner, register
+from bitnas.api import Target
+from bitnas.backends.base import Backend, Measurement, Runner, register, register_target
 from bitnas.config import StrictModel, validate_config
 from bitnas.errors import ConfigError, UnsupportedBackendError
 from bitnas.space import LayerSpec
@@ -287,3 +288,11 @@ class BitFusionBackend(Backend):
     def profile(self, spec: LayerSpec) -> Measurement:
         cost = self.model.simulate(spec)
         return Measurement(cost.latency_ms, cost.latency_ms, cost.latency_ms, 0.0, 1)
+
+
+register_target(Target(
+    name="bitfusion", backend="bitfusion", simulated=True, energy=True, int4_weights=True,
+    bit_options=tuple((w, a) for w in (2, 4, 8) for a in (2, 4, 8)),
+    verify_backends=("ort", "openvino"),
+    description="the BitFusion bit-flexible accelerator, simulated per layer (latency, energy, cycles)",
+))

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
-from bitnas.backends.base import Backend, Runner, Timer, register
+from bitnas.api import Target
+from bitnas.backends.base import Backend, Runner, Timer, register, register_target
 from bitnas.errors import ArtifactError
 from bitnas.onnxio import load_onnx
 
@@ -79,3 +80,10 @@ class OpenVinoBackend(Backend):
             return [request.get_output_tensor(i).data.copy() for i in range(n_out)]
 
         return run
+
+
+register_target(Target(
+    name="openvino-cpu", backend="openvino", bit_options=((32, 32), (8, 8)), bundle=True,
+    verify_backends=("ort", "openvino", "tvm"),
+    description="this CPU through OpenVINO's CPU plugin, reading the QDQ ONNX file (FP32, INT8)",
+))

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
-from bitnas.backends.base import Backend, Runner, register
+from bitnas.api import Target
+from bitnas.backends.base import Backend, Runner, register, register_target
 from bitnas.errors import ArtifactError
 from bitnas.onnxio import load_onnx
 
@@ -55,3 +56,10 @@ class OrtBackend(Backend):
             return sess.run(None, dict(inputs))
 
         return run
+
+
+register_target(Target(
+    name="ort-cpu", backend="ort", bit_options=((32, 32), (8, 8)), bundle=True,
+    verify_backends=("ort", "openvino", "tvm"),
+    description="this CPU through ONNX Runtime's CPU execution provider (FP32, INT8 QDQ)",
+))

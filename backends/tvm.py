@@ -14,7 +14,8 @@ from typing import Any
 
 import numpy as np
 
-from bitnas.backends.base import Backend, Runner, register
+from bitnas.api import Target
+from bitnas.backends.base import Backend, Runner, register, register_target
 from bitnas.errors import ArtifactError, UnsupportedBackendError
 from bitnas.fingerprint import cpu_flags
 from bitnas.onnxio import input_names, load_onnx
@@ -138,3 +139,12 @@ class TvmBackend(Backend):
             return [out.numpy()]
 
         return run
+
+
+register_target(Target(
+    name="tvm-llvm", backend="tvm", bit_options=((32, 32), (8, 8)),
+    verify_backends=("ort", "openvino", "tvm"),
+    description="this CPU through TVM (Relax, llvm target) compiling the QDQ ONNX file",
+    lut_notes=("TVM Relax imports INT8 QDQ models and lowers Q/DQ to float arithmetic: INT8 entries time what "
+               "TVM executes for a QDQ artifact (no INT8 kernels on the default schedule)",),
+))

@@ -3,9 +3,10 @@
 For the smallest, the largest and a middle architecture of the demo space, the FP32 export and the all-INT8
 QDQ artifact (Intel Neural Compressor, the compiler's own passes) are timed interleaved in one run on
 ONNX Runtime and OpenVINO, one thread, at several batch sizes; the ratio of their 10th-percentile latencies
-is reported. Weights do not affect latency, so the supernet is not trained.
+is reported. Weights do not affect latency, so the supernet is not trained. The runtimes are the backends of
+the measured targets named by ``--targets`` (the target table, ``bitnas targets``).
 
-    python benchmarks/int8_speedup.py --out benchmarks/results
+    python benchmarks/int8_speedup.py --out benchmarks/results [--targets ort-cpu,openvino-cpu]
 """
 
 from __future__ import annotations
@@ -17,7 +18,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from bitnas.backends import get_backend, interleaved_timing
+from bitnas.api import TARGETS
+from bitnas.backends import interleaved_timing
 from bitnas.fingerprint import device_fingerprint
 from bitnas.io import atomic_write_json
 from bitnas.passes import AssignBitwidths, ExportOnnx, IncStaticPtq
@@ -33,8 +35,13 @@ def main() -> None:
     ap.add_argument("--batches", default="1,8,32,128")
     ap.add_argument("--repeats", type=int, default=200)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--targets", default="ort-cpu,openvino-cpu", help="measured targets whose runtimes are timed")
     args = ap.parse_args()
     batches = [int(b) for b in args.batches.split(",")]
+    targets = [TARGETS.get(t.strip(), "--targets") for t in args.targets.split(",")]
+    for t in targets:
+        if t.simulated:
+            raise SystemExit(f"--targets: '{t.name}' is simulated; it has no runtime to time")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(0)
@@ -46,7 +53,7 @@ def main() -> None:
                       **{g.name: 5 for g in space.arch_genes if g.name.endswith(".kernel")}})
     archs = {"smallest": space.smallest(), "middle": mid, "largest": space.largest()}
     results = {"fingerprint": device_fingerprint(args.threads), "statistic": "p10", "repeats": args.repeats,
-               "threads": args.threads, "rows": []}
+               "threads": args.threads, "targets": [t.name for t in targets], "rows": []}
     with tempfile.TemporaryDirectory() as tmp:
         for label, arch in archs.items():
             cand = space.make(arch.arch_dict, {g.name: (8, 8) for g in space.policy_genes})
@@ -56,15 +63,16 @@ def main() -> None:
             fp32 = ExportOnnx().run(net.extract(cand), ctx)
             int8 = IncStaticPtq().run(AssignBitwidths().run(fp32, ctx), ctx)
             macs = sum(s.macs for s in net.layers(cand))
-            for backend_name in ("ort", "openvino"):
-                backend = get_backend(backend_name, threads=args.threads)
+            for target in targets:
+                backend_name = target.backend
+                backend = target.make_backend(threads=args.threads)
                 q, f = backend.compile(int8.path), backend.compile(fp32.path)
                 for b in batches:
                     feed = {INPUT_NAME: np.ascontiguousarray(np.resize(data.x_val, (b, *data.x_val.shape[1:])))}
                     t = interleaved_timing({"int8": lambda q=q, feed=feed: q(feed),
                                             "fp32": lambda f=f, feed=feed: f(feed)},
                                            warmup=10, repeats=args.repeats, rounds=10)
-                    row = {"arch": label, "macs": macs, "backend": backend_name, "batch": b,
+                    row = {"arch": label, "macs": macs, "target": target.name, "backend": backend_name, "batch": b,
                            "int8_ms": t["int8"].p10_ms, "fp32_ms": t["fp32"].p10_ms,
                            "ratio_int8_to_fp32": t["int8"].p10_ms / t["fp32"].p10_ms}
                     results["rows"].append(row)
@@ -80,15 +88,17 @@ def plot(results: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
-    for ax, backend in zip(axes, ("ort", "openvino")):
+    names = results["targets"]
+    fig, axes = plt.subplots(1, len(names), figsize=(5 * len(names), 4), sharey=True, squeeze=False)
+    axes = axes[0]
+    for ax, target in zip(axes, names):
         for arch in ("smallest", "middle", "largest"):
-            rows = [r for r in results["rows"] if r["backend"] == backend and r["arch"] == arch]
+            rows = [r for r in results["rows"] if r["target"] == target and r["arch"] == arch]
             ax.plot([r["batch"] for r in rows], [r["ratio_int8_to_fp32"] for r in rows], marker="o", label=arch)
         ax.axhline(1.0, color="grey", lw=0.8, ls="--")
         ax.set_xscale("log", base=2)
         ax.set_xlabel("batch size")
-        ax.set_title(f"{backend}, {results['threads']} thread")
+        ax.set_title(f"{target}, {results['threads']} thread")
         ax.legend()
     axes[0].set_ylabel("latency INT8 / FP32 (p10; < 1 means INT8 faster)")
     fig.tight_layout()

@@ -1,11 +1,11 @@
 """QAFT ablation: artifact accuracy with and without quantization-aware fine-tuning at 4 bits and below.
 
-For a few architectures of the demo space and uniform policies W4A8, W3A8 and W2A8, each candidate is
+For a few architectures of a project's mbv2 space (its trained supernet) and uniform policies W4A8, W3A8 and W2A8, each candidate is
 compiled through the real passes (ExtractSubnet, RecalibrateBn, Qaft with 0, 1 and 5 epochs as BOMP-NAS
 does in and after its search loop, ExportOnnx, AssignBitwidths, IncStaticPtq, SubByteWeights, Verify on
 ONNX Runtime), and the artifact's top-1 accuracy on the val split is recorded next to the float subnet's.
 
-    python benchmarks/qaft_ablation.py --study runs/demo --out benchmarks/results
+    python benchmarks/qaft_ablation.py --project runs/demo --out benchmarks/results
 """
 
 from __future__ import annotations
@@ -16,7 +16,6 @@ from pathlib import Path
 
 import numpy as np
 
-from bitnas.compile import StudyRun
 from bitnas.io import atomic_write_json
 from bitnas.passes import (
     AssignBitwidths,
@@ -29,6 +28,7 @@ from bitnas.passes import (
     Verify,
 )
 from bitnas.pipeline import PassContext, Sequential
+from bitnas.project import Project
 from bitnas.supernets.mbv2 import MBV2Supernet, mbv2_tiny
 
 BITS = ((4, 8), (3, 8), (2, 8))
@@ -36,17 +36,22 @@ BITS = ((4, 8), (3, 8), (2, 8))
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--study", default="runs/demo", help="a 'bitnas demo' output folder (its trained supernet)")
+    ap.add_argument("--project", default="runs/demo", help="a project.yaml or run folder (e.g. of 'bitnas demo') of "
+                                                      "the mbv2 family: its trained supernet and data")
     ap.add_argument("--out", default="benchmarks/results")
     ap.add_argument("--archs", type=int, default=4, help="architectures: the largest plus random ones")
     ap.add_argument("--epochs", default="0,1,5", help="QAFT epochs to compare")
     args = ap.parse_args()
     epochs = [int(e) for e in args.epochs.split(",")]
-    run = StudyRun(args.study)
-    d = run.supernet.d
+    project = Project.load(args.project)
+    if project.family.name != "mbv2":
+        raise SystemExit(f"--project: {project.source}: the ablation widens an mbv2 space's bits; family "
+                         f"'{project.family.name}' is not mbv2")
+    trained, data = project.supernet(), project.data()
+    d = trained.d
     net = MBV2Supernet(mbv2_tiny(d.in_channels, d.image_size, d.num_classes,
                                  bit_options=((32, 32), (8, 8), *BITS))).eval()
-    net.load_state_dict(run.supernet.state_dict())
+    net.load_state_dict(trained.state_dict())
     rng = np.random.default_rng(0)
     archs = [net.space.largest()] + [net.space.sample(rng) for _ in range(args.archs - 1)]
     rows = []
@@ -57,7 +62,7 @@ def main() -> None:
                 for e in epochs:
                     work = Path(tmp) / f"{ai}-{bits[0]}-{e}"
                     work.mkdir()
-                    ctx = PassContext(workdir=work, seed=0, inputs={"supernet": net, "data": run.data})
+                    ctx = PassContext(workdir=work, seed=0, inputs={"supernet": net, "data": data})
                     Sequential([ExtractSubnet(), RecalibrateBn(), Qaft(epochs=e), ExportOnnx(), AssignBitwidths(),
                                 IncStaticPtq(), SubByteWeights(),
                                 Verify(backends=("ort",), repeats=10, warmup=1, rounds=1)]).run(cand, ctx)
@@ -76,7 +81,7 @@ def main() -> None:
                                                          "max": float(np.max(accs))}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(out / "qaft_ablation.json", {"study": str(args.study), "rows": rows, "summary": summary})
+    atomic_write_json(out / "qaft_ablation.json", {"project": str(args.project), "rows": rows, "summary": summary})
     plot(rows, epochs, out / "qaft_ablation.png")
     for k, v in summary.items():
         print(f"{k}: mean {v['mean']:.4f} (min {v['min']:.4f}, max {v['max']:.4f})")

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from bitnas.io import atomic_write_bytes, atomic_write_json
-from bitnas.supernets import build_family
+from bitnas.supernets import build_supernet
 from bitnas.supernets.data import load_digits
 from bitnas.supernets.evaluate import accuracy, calibration_batches, quantized_accuracy
 from bitnas.supernets.qat_train import evaluate_subnet, policy_bits, train_qat_supernet, uniform_policy
@@ -59,10 +59,10 @@ def main() -> None:
               f"largest {rec['acc_largest']:.3f} smallest {rec['acc_smallest']:.3f}", flush=True)
 
     torch.manual_seed(args.seed)  # the supernet's initial weights
-    fp_net = build_family("mbv3", "qfa-mbv3-tiny", **shape)
+    fp_net = build_supernet("qfa-mbv3-tiny", "mbv3", **shape)
     fp = train_qat_supernet(fp_net, data, [(args.float_epochs, (32,))], seed=args.seed,
                             checkpoint=work / "float.pt", on_epoch=log)
-    qat_net = build_family("mbv3", "qfa-mbv3-tiny", **shape)
+    qat_net = build_supernet("qfa-mbv3-tiny", "mbv3", **shape)
     qat_net.load_state_dict(fp_net.state_dict())
     low = tuple(b for b in policy_bits(qat_net.space) if b < 32)
     qat = train_qat_supernet(qat_net, data, [(args.stage1_epochs, low + (32,)), (args.stage2_epochs, low)],

@@ -1,23 +1,23 @@
-"""Which searcher finds the front fastest: hypervolume against true evaluations on the demo problem.
+"""Which searcher finds the front fastest: hypervolume against true evaluations on a project's problem.
 
-Every searcher runs with the same budget of true evaluations for several seeds on the demo problem
-(mbv2-tiny supernet trained on the digits, accuracy with simulated quantization, LUT latency, size).
+Every searcher runs with the same budget of true evaluations for several seeds on one project's problem
+(``--project``; by default the embedded project: mbv2-tiny supernet trained on the digits, accuracy with
+simulated quantization, LUT latency, size). The work dir is the project's run folder (supernet, LUT).
 Accuracy evaluation is deterministic per candidate, so all runs share one cache study keyed by candidate
 id; each run still counts every candidate it asks as a true evaluation. Hypervolume uses a fixed
-normalization and reference point (``bitnas.problem.hv_reference``). Also benchmarks the predictors:
+normalization and reference point (``bitnas.problem.Problem.hv_reference``). Also benchmarks the predictors:
 APQ transfer (pre-trained on float accuracies) against training from scratch on the same few quantized
 samples, plus ridge/SVR/GP/MLP, by MAPE, Kendall tau and pairwise accuracy on held-out candidates.
 
     python benchmarks/search_efficiency.py --budget 120 --seeds 5 --workers 2
 
-Writes benchmarks/results/search_efficiency.{json,png} and benchmarks/results/predictors.json.
+Writes search_efficiency.{json,png} and predictors.json into --results (default benchmarks/results).
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import time
 from pathlib import Path
 
@@ -30,25 +30,56 @@ RESULTS = ROOT / "results"
 _STATE: dict = {}
 
 
-def _config(args):
-    from bitnas.cli_search import SearchRunConfig
+def _project(args):
+    """The benchmark's project, bound to the work dir: ``--project``, or the default (embedded) project."""
+    from bitnas.config import validate_config
+    from bitnas.project import Project, ProjectConfig
 
-    return SearchRunConfig(seed=0, calib_batches=args.calib_batches)
+    if args.project:
+        project = Project.load(args.project, root=args.workdir)
+        if args.calib_batches is None:
+            return project
+        cfg = project.cfg.model_dump(mode="json")
+        source, base = project.source, project.base
+    else:
+        cfg, source, base = {"seed": 0}, "<search_efficiency default project>", None
+        if args.seed_checkpoint:
+            cfg["train"] = {"checkpoint": str(Path(args.seed_checkpoint).resolve())}
+        if args.seed_lut:
+            cfg["lut"] = {"path": str(Path(args.seed_lut).resolve())}
+    cfg.setdefault("search", {})["calib_batches"] = args.calib_batches or 2
+    return Project(validate_config(ProjectConfig, cfg, source), args.workdir, source, base=base)
 
 
 def _problem(args):
-    """Build the demo problem once per process (supernet checkpoint and LUT cached in the work dir)."""
+    """Build the project's problem once per process (supernet checkpoint and LUT kept in the work dir)."""
     if "problem" not in _STATE:
         import torch
 
-        from bitnas.cli_search import build_problem
         from bitnas.searchers import Study
 
         torch.set_num_threads(1)
         work = Path(args.workdir)
-        _STATE["problem"] = p = build_problem(_config(args), work)
+        _STATE["project"] = project = _project(args)
+        _STATE["problem"] = p = project.problem()
         _STATE["cache"] = Study(work / f"cache-{p.problem['hash']}.sqlite", p.problem)
     return _STATE["problem"], _STATE["cache"]
+
+
+def make_searcher(name: str, seed: int, problem):
+    """Searcher ``name`` with this benchmark's options and ``seed``, built as the project builds its own."""
+    from bitnas.project import Project
+
+    project = _STATE["project"]
+    opts = dict(SEARCHER_OPTIONS[name])
+    search = project.cfg.search.model_copy(update={"searcher": name, "pop_size": opts.pop("pop_size"),
+                                                   "options": opts})
+    cfg = project.cfg.model_copy(update={"seed": seed, "search": search})
+    return Project(cfg, project.run.root, project.source, base=project.base).make_searcher(problem)
+
+
+def objective_labels(problem) -> list[str]:
+    return [("-" if o.sense == "max" else "") + o.name for o in problem.objectives]
 
 
 def _cached_evaluate(problem, cache):
@@ -82,8 +113,7 @@ SEARCHER_OPTIONS = {
 def run_one(task):
     """One (searcher, seed) run; returns its hypervolume after each true evaluation."""
     args, name, seed = task
-    from bitnas.cli_search import make_searcher
-    from bitnas.problem import hv_reference, normalized_hv
+    from bitnas.problem import normalized_hv
     from bitnas.searchers import Study, run_search
 
     problem, cache = _problem(args)
@@ -92,14 +122,13 @@ def run_one(task):
     path = runs / f"{name}-{seed}.sqlite"
     path.unlink(missing_ok=True)
     study = Study(path, problem.problem)
-    searcher = make_searcher(name, problem, seed, SEARCHER_OPTIONS[name])
+    searcher = make_searcher(name, seed, problem)
     t0 = time.perf_counter()
     evals = run_search(searcher, _cached_evaluate(problem, cache), args.budget, study)
     wall = time.perf_counter() - t0
     study.close()
-    ideal, ref = hv_reference(problem)
-    F = np.array([[-e.objectives["accuracy"], e.objectives["latency_ms"], e.objectives["size_bytes"]]
-                  for e in evals])
+    ideal, ref = problem.hv_reference()
+    F = np.array([problem.minimization(e.objectives) for e in evals])
     hv = [normalized_hv(F[: i + 1], ideal, ref) for i in range(len(F))]
     print(f"  {name} seed {seed}: {len(evals)} evaluations, hv {hv[-1]:.4f}, {wall:.0f} s", flush=True)
     return {"searcher": name, "seed": seed, "hv": hv, "wall_s": wall,
@@ -108,7 +137,8 @@ def run_one(task):
 
 def predictor_benchmark(args) -> dict:
     """APQ transfer vs scratch on the same few quantized samples; every predictor on held-out candidates."""
-    from bitnas.searchers.predictors import PREDICTORS, make_predictor, metrics, onehot, onehot_columns
+    from bitnas.api import PREDICTORS
+    from bitnas.searchers.predictors import make_predictor, metrics, onehot, onehot_columns
 
     problem, cache = _problem(args)
     evaluate = _cached_evaluate(problem, cache)
@@ -191,7 +221,7 @@ def plot(curves, target, path, budget):
         ax.axvline(budget / 3, color="grey", ls="--", lw=1, label="budget / 3")
     ax.set_xlabel("true evaluations")
     ax.set_ylabel("hypervolume (normalized, fixed reference)")
-    ax.set_title("search efficiency on the demo problem (mean ± std over seeds)")
+    ax.set_title("search efficiency on the project's problem (mean ± std over seeds)")
     ax.legend(loc="lower right", fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -201,18 +231,17 @@ def plot(curves, target, path, budget):
 def write_results(args, argv, runs, t0, n_tasks) -> None:
     """Rewrite the JSON and plot with every run finished so far (the file is always complete and valid)."""
     from bitnas.io import atomic_write_json
-    from bitnas.problem import hv_reference
 
     runs = sorted(runs, key=lambda r: (r["searcher"], r["seed"]))
     curves, summary, target = summarize(runs, args.budget)
     problem, _ = _problem(args)
-    ideal, ref = hv_reference(problem)
+    ideal, ref = problem.hv_reference()
     out = {
         "command": "python benchmarks/search_efficiency.py " + " ".join(argv or os.sys.argv[1:]),
         "commands": [*_STATE.get("earlier_commands", []),
                      "python benchmarks/search_efficiency.py " + " ".join(argv or os.sys.argv[1:])],
         "budget": args.budget, "seeds": args.seeds, "runs_done": len(runs), "runs_planned": n_tasks,
-        "objectives": ["-accuracy", "latency_ms", "size_bytes"],
+        "objectives": objective_labels(problem),
         "hv_normalization": {"ideal": ideal.tolist(), "reference_point": ref.tolist()},
         "nsga2_final_mean_hv": target, "searcher_options": SEARCHER_OPTIONS, "summary": summary,
         "runs": runs, "wall_s": time.time() - t0,
@@ -222,16 +251,21 @@ def write_results(args, argv, runs, t0, n_tasks) -> None:
 
 
 def main(argv=None) -> int:
+    global RESULTS
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--budget", type=int, default=120)
     ap.add_argument("--seeds", type=int, default=5)
     ap.add_argument("--searchers", default="random,nsga2,evolution,linas,bo,edmips")
     ap.add_argument("--edmips-seeds", type=int, default=None, help="seeds for edmips (default --seeds)")
     ap.add_argument("--workers", type=int, default=2)
-    ap.add_argument("--calib-batches", type=int, default=2)
-    ap.add_argument("--workdir", default="runs/search_efficiency")
-    ap.add_argument("--seed-checkpoint", default=None, help="copy this supernet.pt into the work dir first")
-    ap.add_argument("--seed-lut", default=None, help="copy this lut.json into the work dir first")
+    ap.add_argument("--project", help="project.yaml (or its run folder) whose problem is searched (default: the "
+                                      "embedded digits project)")
+    ap.add_argument("--calib-batches", type=int, default=None,
+                    help="calibration batches of the problem (default: the project's; 2 for the default project)")
+    ap.add_argument("--workdir", default="runs/search_efficiency", help="the project's run folder here")
+    ap.add_argument("--seed-checkpoint", default=None, help="default project: use this supernet.pt (train.checkpoint)")
+    ap.add_argument("--seed-lut", default=None, help="default project: use this lut.json (lut.path)")
+    ap.add_argument("--results", default=str(RESULTS), help="folder the JSON and plots go to")
     ap.add_argument("--n-float", type=int, default=120)
     ap.add_argument("--n-quant", type=int, default=20)
     ap.add_argument("--n-test", type=int, default=60)
@@ -243,16 +277,14 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     from bitnas.io import atomic_write_json
 
+    RESULTS = Path(args.results)
     work = Path(args.workdir)
     work.mkdir(parents=True, exist_ok=True)
-    for src, name in ((args.seed_checkpoint, "supernet.pt"), (args.seed_lut, "lut.json")):
-        if src and not (work / name).exists():
-            shutil.copy(src, work / name)
     RESULTS.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
     _problem(args)  # train / profile once, before the workers fork
     _STATE.pop("cache").close()
-    _STATE.pop("problem")
+    _STATE.clear()
     if not args.skip_predictors:
         res = predictor_benchmark(args)
         res["command"] = "python benchmarks/search_efficiency.py " + " ".join(argv or os.sys.argv[1:])

@@ -12,32 +12,64 @@ from bitnas.errors import BitnasError, InternalError, UnsupportedBackendError, U
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from bitnas.config import DemoConfig, load_config
-    from bitnas.demo import run_demo
+    from bitnas.config import load_config
+    from bitnas.project import Project, ProjectConfig
 
-    cfg = load_config(DemoConfig, args.config) if args.config else DemoConfig()
+    cfg = load_config(ProjectConfig, args.config) if args.config else ProjectConfig()
     out = Path(args.out)
+    project = Project(cfg, out, str(args.config or "<default project>"),
+                      base=Path(args.config).parent if args.config else None)
     if args.fresh and out.exists():
         import shutil
 
-        for name in ("supernet.pt", "lut.json", "study.sqlite"):
-            (out / name).unlink(missing_ok=True)
-        shutil.rmtree(out / "work", ignore_errors=True)
-    summary = run_demo(cfg, out)
+        for path in (project.run.supernet, project.run.lut, project.run.study):
+            path.unlink(missing_ok=True)
+        shutil.rmtree(project.run.work, ignore_errors=True)
+    summary = project.run_all()
     if args.json:
         print(json.dumps(summary, indent=2, default=str))
     return 0
 
 
+def _cmd_init(args: argparse.Namespace) -> int:
+    from bitnas.project import PROJECT_FILE, Project, ProjectConfig
+
+    out = Path(args.out)
+    if (out / PROJECT_FILE).exists() and not args.force:
+        raise UserError(f"{out / PROJECT_FILE}: exists (pass --force to replace it)")
+    data = {"target": args.target, "family": {"space": args.space, **({"name": args.family} if args.family else {})},
+            "data": {"name": args.data, **({"path": args.data_path} if args.data_path else {}),
+                     "image_size": args.image_size}}
+    from bitnas.config import validate_config
+
+    cfg = validate_config(ProjectConfig, data, "bitnas init")
+    project = Project(cfg, out, "bitnas init")
+    print(project.write_config())
+    return 0
+
+
+def _cmd_targets(args: argparse.Namespace) -> int:
+    from bitnas.api import TARGETS
+
+    for name, t in TARGETS.items():
+        bits = " ".join(f"W{w}A{a}" if w < 32 else "FP32" for w, a in t.bit_options)
+        kind = "simulated" if t.simulated else "measured"
+        print(f"{name:14s} {kind:9s} backend {t.backend:9s} {bits:40s} {t.description}")
+    return 0
+
+
 def _cmd_space(args: argparse.Namespace) -> int:
+    from bitnas.api import FAMILIES
     from bitnas.supernets import get_space, space_names
 
     if args.space_cmd == "list":
+        families = {s: n for n, f in FAMILIES.items() for s in f.spaces()}
         names = space_names()
         width = max(len(n) for n in names)
         for name in names:
             sp = get_space(name)
-            print(f"{name:{width}s} {sp.cardinality()['joint_cardinality']:.3e} candidates  {sp.description}")
+            fam = f"family {families[name]}" if name in families else "search only"
+            print(f"{name:{width}s} {sp.cardinality()['joint_cardinality']:.3e} candidates  [{fam}]  {sp.description}")
         return 0
     info = get_space(args.name).info()
     if args.json:
@@ -106,7 +138,6 @@ COMMAND_MODULES: tuple[str, ...] = (
     "bitnas.cli_compile",
     "bitnas.cli_profile",
     "bitnas.cli_search",
-    "bitnas.cli_train",
 )
 
 
@@ -118,12 +149,27 @@ def build_parser() -> argparse.ArgumentParser:
     for name in COMMAND_MODULES:
         importlib.import_module(name).register(sub)
 
-    d = sub.add_parser("demo", help="train, profile, search and compile on the embedded digits data")
-    d.add_argument("--out", default="runs/demo", help="output folder (default runs/demo)")
-    d.add_argument("--config", help="YAML config (see README); unknown keys are errors")
+    d = sub.add_parser("demo", help="run a project end to end: train, profile, search, compile the knee (default: "
+                                    "the embedded digits project)")
+    d.add_argument("--out", default="runs/demo", help="run folder (default runs/demo)")
+    d.add_argument("--config", help="project YAML (see README); unknown keys are errors")
     d.add_argument("--fresh", action="store_true", help="ignore the supernet checkpoint, LUT and study in --out")
     d.add_argument("--json", action="store_true", help="print the summary as JSON on stdout")
     d.set_defaults(fn=_cmd_demo)
+
+    i = sub.add_parser("init", help="write a project.yaml (the defaults, with these choices) into a run folder")
+    i.add_argument("out", help="run folder")
+    i.add_argument("--space", default="mbv2-tiny", help="a trainable space (bitnas space list)")
+    i.add_argument("--family", help="its family, or a plug-in 'package.module:attr'")
+    i.add_argument("--target", default="ort-cpu", help="a target of 'bitnas targets'")
+    i.add_argument("--data", default="digits", help="digits, cifar10, npz, or a plug-in 'package.module:attr'")
+    i.add_argument("--data-path", help="folder or file of the data set")
+    i.add_argument("--image-size", type=int, default=32)
+    i.add_argument("--force", action="store_true", help="replace an existing project.yaml")
+    i.set_defaults(fn=_cmd_init)
+
+    tg = sub.add_parser("targets", help="the deployment targets: backend, bit options, measured or simulated")
+    tg.set_defaults(fn=_cmd_targets)
 
     s = sub.add_parser("space", help="search spaces")
     ssub = s.add_subparsers(dest="space_cmd", required=True)

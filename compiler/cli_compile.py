@@ -9,11 +9,10 @@ from bitnas.errors import UserError
 
 
 def _cmd_compile(args: argparse.Namespace) -> int:
-    from bitnas.compile import compile_study, load_compile_config
+    from bitnas.project import Project
 
-    cfg, source = load_compile_config(args.config, pick=args.pick, target=args.target)
-    arts = compile_study(args.study, args.out, cfg, source, use_cache=not args.no_cache,
-                         candidate_file=args.candidate)
+    project = Project.load(args.project)
+    arts = project.compile(pick=args.pick, candidate_file=args.candidate, out=args.out, use_cache=not args.no_cache)
     for a in arts:
         m = a.manifest["measured"]
         print(f"{a.root}: candidate {a.manifest['candidate']['id']}, accuracy {m['accuracy']:.4f}, "
@@ -42,13 +41,11 @@ def _cmd_gate(args: argparse.Namespace) -> int:
 
 
 def register(sub) -> None:
-    c = sub.add_parser("compile", help="compile candidates of a study into verified artifacts")
-    c.add_argument("--study", required=True, help="a 'bitnas demo' output folder (run.json, supernet.pt, search.json)")
-    c.add_argument("--pick", help="knee (default), all-front, or a candidate id")
+    c = sub.add_parser("compile", help="compile candidates of the project's search into verified artifacts")
+    c.add_argument("--project", required=True, help="project.yaml (or the run folder holding one)")
+    c.add_argument("--pick", help="knee (default: the project's compile.pick), all-front, or a candidate id")
     c.add_argument("--candidate", help="a JSON file holding a candidate (or a manifest), instead of --pick")
-    c.add_argument("--target", help="target (default ort-cpu)")
-    c.add_argument("--out", required=True, help="output folder (one artifact, or one sub-folder per candidate)")
-    c.add_argument("--config", help="YAML compile config: pick, target, passes with their configs")
+    c.add_argument("--out", help="artifacts go to OUT/<candidate id>/ (default: the run folder's artifacts/)")
     c.add_argument("--no-cache", action="store_true", help="re-run every pass")
     c.set_defaults(fn=_cmd_compile)
 

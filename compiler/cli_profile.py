@@ -1,4 +1,5 @@
-"""``bitnas profile`` (build a target's LUT, export or measure bundles) and ``bitnas lut validate``."""
+"""``bitnas profile`` (build a target's LUT for any family's space, export or measure bundles) and
+``bitnas lut validate`` / ``bitnas lut calibrate``."""
 
 from __future__ import annotations
 
@@ -9,123 +10,93 @@ from pathlib import Path
 
 from bitnas.errors import UserError
 
-TARGETS = {"ort-cpu": "ort", "openvino-cpu": "openvino", "tvm-llvm": "tvm", "bitfusion": "bitfusion"}
+
+def _supernet_of(args: argparse.Namespace):
+    """(supernet, project or None): the project's supernet (untrained weights suffice for latency), or the
+    supernet of ``--space`` at ``--image-size``/``--in-channels``."""
+    if getattr(args, "project", None):
+        from bitnas.project import Project
+
+        project = Project.load(args.project)
+        net = project.build_supernet().eval()
+        project.check_space_bits(net.space)
+        return net, project
+    from bitnas.supernets.families import build_supernet
+
+    return build_supernet(args.space, args.family, in_channels=args.in_channels, image_size=args.image_size,
+                          num_classes=args.num_classes).eval(), None
 
 
-def _progress(description: str, total: int):
-    from bitnas import ui
+def _target(name: str):
+    from bitnas.api import TARGETS
 
-    return ui.progress_bar(description, total)
-
-
-def _bits_for(target: str, backend, space_bits) -> list[tuple[int, int]]:
-    if target == "bitfusion":
-        native = backend.bit_options()
-        return native + [b for b in space_bits if b not in native and max(b) <= 16]
-    from bitnas.latency_luts.profiler import CPU_BITS
-
-    return [b for b in space_bits if b in CPU_BITS] or list(CPU_BITS)
+    return TARGETS.get(name, "--target")
 
 
 def _cmd_profile(args: argparse.Namespace) -> int:
     from bitnas import ui
 
-    if args.target not in TARGETS:
-        raise UserError(f"--target: unknown target '{args.target}' (known: {', '.join(TARGETS)})")
+    supernet, project = _supernet_of(args)
+    target = _target(args.target or (project.cfg.target if project else "ort-cpu"))
+    out = args.out
+    if project is not None and out is None:
+        if target.name != project.target.name:
+            raise UserError(f"--target: the project's target is '{project.target.name}'; to profile "
+                            f"'{target.name}' for it, pass --out (or change 'target' in {project.source})")
+        out = str(project.run.lut)
     if args.bundle:
-        return _profile_bundle(args)
-    from bitnas.backends import get_backend
-    from bitnas.latency_luts.units import space_layers
+        return _profile_bundle(args, target, out)
+    from bitnas.latency_luts.build import profile_supernet, target_bits
 
-    if args.target == "bitfusion":
-        from bitnas.backends.bitfusion import BitFusionBackend
-
-        backend = BitFusionBackend(threads=args.threads, preset=args.preset)
-    else:
-        backend = get_backend(TARGETS[args.target], threads=args.threads)
-    d, specs, blocks = space_layers(args.space, image_size=args.image_size, in_channels=args.in_channels)
-    bits = _bits_for(args.target, backend, list(d.bit_options))
-    if args.target == "bitfusion":
-        from bitnas.latency_luts.profiler import simulate
-
-        n = len(specs) * len(bits)
-        with _progress("simulate BitFusion", n) as update:
-            lut = simulate(backend, specs, bits, args.target, d.name, lambda p, dn, t: update(dn, p, t))
-        lut.notes.append(f"space bit options not executable by BitFusion: "
-                         f"{[list(b) for b in d.bit_options if b not in bits]}")
-        if not args.out:
-            raise UserError("--out: where to write the LUT is required")
-        lut.save(args.out)
-        ui.console.print(f"LUT: {len(lut.entries)} simulated entries -> {args.out}")
-        return 0
-    from bitnas.latency_luts.profiler import block_items, layer_items, profile
-    from bitnas.passes.inc_ptq import resolve_reduce_range
-
-    reduce_range = resolve_reduce_range({"auto": "auto", "on": True, "off": False}[args.reduce_range])
-    use_blocks = [] if args.no_blocks else blocks
     if args.export_bundle:
-        from bitnas.latency_luts.bundle import export_bundle
+        from bitnas.latency_luts.bundle import bundle_runtime, export_bundle
+        from bitnas.latency_luts.profiler import block_items, layer_items
+        from bitnas.latency_luts.validate import calibration_networks
+        from bitnas.passes.inc_ptq import resolve_reduce_range
+        from bitnas.supernets.families import fusion_units
 
-        items = layer_items(specs, bits) + block_items(use_blocks, bits, args.blocks_mixed)
+        bundle_runtime(target.name)
+        reduce_range = resolve_reduce_range({"auto": "auto", "on": True, "off": False}[args.reduce_range])
+        bits = target_bits(target, supernet.space)
+        blocks = [] if args.no_blocks else fusion_units(supernet)
+        items = layer_items(supernet.all_layer_specs(), bits) + block_items(blocks, bits, args.blocks_mixed)
         meas = {"warmup": args.warmup, "repeats": args.repeats, "rounds": args.rounds, "chunk": args.chunk,
                 "statistic": args.statistic, "batch": 1}
         with tempfile.TemporaryDirectory(prefix="bitnas-bundle-nets-") as tmp:
-            networks = []
-            if args.calibrate:  # whole subnets measured with the layers, for the import's calibration
-                from bitnas.latency_luts.validate import calibration_networks
-
-                networks = calibration_networks(d.name, args.calibrate, Path(tmp), reduce_range,
-                                                image_size=args.image_size, in_channels=args.in_channels)
-            with _progress("export bundle", len(items)) as update:
-                export_bundle(items, args.export_bundle, reduce_range, meas, d.name, update, networks)
+            networks = (calibration_networks(supernet, args.calibrate, Path(tmp), reduce_range)
+                        if args.calibrate else [])
+            with ui.progress_bar("export bundle", len(items)) as update:
+                export_bundle(items, args.export_bundle, reduce_range, meas, supernet.space.name, update, networks)
         ui.console.print(f"bundle: {len(items)} models and {len(networks)} calibration subnets -> "
                          f"{args.export_bundle}")
         return 0
-    if not args.out:
-        raise UserError("--out: where to write the LUT is required")
-    out = Path(args.out)
-    ckpt = out.with_name(out.name + ".partial.json")
-    n = len(specs) * len(bits)
-    with _progress(f"profile {args.target}", n) as update:
-        lut = profile(backend, specs, bits, args.target, reduce_range, args.warmup, args.repeats, args.rounds,
-                      args.statistic, d.name, lambda p, dn, t: update(dn, p, t), blocks=use_blocks,
-                      mixed_fraction=args.blocks_mixed, checkpoint=ckpt,
-                      model_dir=args.model_dir, chunk=args.chunk)
-    lut.measurement["input_shape"] = [1, args.in_channels, args.image_size, args.image_size]
-    if args.calibrate:
-        from bitnas.latency_luts.validate import calibrate
-
-        lut.save(out)  # the measured table is kept even if calibration fails
-        lut.calibration = calibrate(lut, backend, d.name, args.calibrate, image_size=args.image_size,
-                                    in_channels=args.in_channels)
-    if args.target == "tvm-llvm":
-        lut.notes.append("TVM Relax imports INT8 QDQ models and lowers Q/DQ to float arithmetic: INT8 entries "
-                         "time what TVM executes for a QDQ artifact (no INT8 kernels on the default schedule)")
-    lut.save(out)
-    ckpt.unlink(missing_ok=True)
-    ui.console.print(f"LUT: {len(lut.entries)} layer and {len(lut.blocks)} block entries -> {out} "
-                     f"(per-call overhead {lut.overhead.get('median_ms', 0) * 1e3:.1f} us)")
+    if not out:
+        raise UserError("--out: where to write the LUT is required (or pass --project)")
+    rr = {"auto": None, "on": True, "off": False}[args.reduce_range]
+    profile_supernet(target, supernet, out, threads=args.threads, warmup=args.warmup, repeats=args.repeats,
+                     rounds=args.rounds, statistic=args.statistic, blocks=not args.no_blocks,
+                     mixed_fraction=args.blocks_mixed, reduce_range=rr, model_dir=args.model_dir, chunk=args.chunk,
+                     calibrate=args.calibrate, preset=args.preset)
     return 0
 
 
-def _profile_bundle(args: argparse.Namespace) -> int:
+def _profile_bundle(args: argparse.Namespace, target, out: str | None) -> int:
     from bitnas.latency_luts import bundle_runner
-    from bitnas.latency_luts.bundle import RUNTIME_OF_TARGET, import_results
+    from bitnas.latency_luts.bundle import bundle_runtime, import_results
 
-    if args.target not in RUNTIME_OF_TARGET:
-        raise UserError(f"--bundle: bundles are measured for {', '.join(RUNTIME_OF_TARGET)}, not '{args.target}'")
-    if not args.out:
+    runtime = bundle_runtime(target.name)
+    if not out:
         raise UserError("--out: where to write the LUT is required")
     results = args.results
     if results is None:
-        results = Path(args.out).with_name(Path(args.out).name + ".results.json")
+        results = Path(out).with_name(Path(out).name + ".results.json")
         try:
-            bundle_runner.run_bundle(args.bundle, RUNTIME_OF_TARGET[args.target], results, args.threads)
+            bundle_runner.run_bundle(args.bundle, runtime, results, args.threads)
         except bundle_runner.BundleError as exc:
             raise UserError(str(exc)) from None
-    lut = import_results(args.bundle, results, args.target)
-    lut.save(args.out)
-    print(f"LUT: {len(lut.entries)} layer and {len(lut.blocks)} block entries -> {args.out}")
+    lut = import_results(args.bundle, results, target.name)
+    lut.save(out)
+    print(f"LUT: {len(lut.entries)} layer and {len(lut.blocks)} block entries -> {out}")
     return 0
 
 
@@ -134,35 +105,35 @@ def _cmd_lut(args: argparse.Namespace) -> int:
         return _cmd_calibrate(args)
     from bitnas.latency_luts.validate import validate
 
-    report = validate(args.lut, args.space, args.samples, target=args.target, threads=args.threads,
+    supernet, _ = _supernet_of(args)
+    report = validate(args.lut, supernet, args.samples, target=args.target, threads=args.threads,
                       repeats=args.repeats, rounds=args.rounds, seed=args.seed, force=args.force_lut,
-                      plot=args.plot, workdir=args.workdir, image_size=args.image_size,
-                      in_channels=args.in_channels)
+                      plot=args.plot, workdir=args.workdir)
     if args.json:
         print(json.dumps(report, indent=2))
     else:
-        for k in ("target", "samples", "mape", "kendall_tau", "within_10pct", "repeatability"):
+        for k in ("target", "space", "samples", "mape", "kendall_tau", "within_10pct", "repeatability"):
             print(f"{k}: {report[k]}")
     return 0
 
 
 def _cmd_calibrate(args: argparse.Namespace) -> int:
-    from bitnas.backends import get_backend
     from bitnas.latency_luts import LatencyTable
-    from bitnas.latency_luts.validate import TARGET_BACKEND, calibrate
+    from bitnas.latency_luts.lut import CALIBRATION_FEATURES, NETWORK_FEATURES
+    from bitnas.latency_luts.validate import calibrate, measured_target
 
     lut = LatencyTable.load(args.lut)
-    if lut.target not in TARGET_BACKEND:
-        raise UserError(f"{args.lut}: target '{lut.target}' cannot be measured end to end")
-    backend = get_backend(TARGET_BACKEND[lut.target], threads=int(lut.measurement.get("threads", 1)))
-    lut.check_device(backend.fingerprint(), args.force_lut)
-    from bitnas.latency_luts.lut import CALIBRATION_FEATURES, NETWORK_FEATURES
-
+    target = measured_target(lut.target)
     features = tuple(f.strip() for f in args.features.split(",")) if args.features else CALIBRATION_FEATURES
     unknown = [f for f in features if f not in NETWORK_FEATURES]
     if unknown:
         raise UserError(f"--features: unknown feature(s) {unknown} (known: {', '.join(NETWORK_FEATURES)})")
-    lut.calibration = calibrate(lut, backend, args.space, args.samples, seed=args.seed, repeats=args.repeats,
+    backend = target.make_backend(threads=int(lut.measurement.get("threads", 1)))
+    lut.check_device(backend.fingerprint(), args.force_lut)
+    supernet, _ = _supernet_of(args)
+    if lut.space and lut.space != supernet.space.name:
+        raise UserError(f"{args.lut}: table was profiled for space '{lut.space}', not '{supernet.space.name}'")
+    lut.calibration = calibrate(lut, backend, supernet, args.samples, seed=args.seed, repeats=args.repeats,
                                 rounds=args.rounds, features=features)
     lut.save(args.out or args.lut)
     cal = lut.calibration
@@ -171,11 +142,21 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _space_args(p: argparse.ArgumentParser) -> None:
+    """Which supernet: a project's, or any family's named space at an input shape."""
+    p.add_argument("--project", help="project.yaml (or its run folder): its family, space and input shape")
+    p.add_argument("--space", default="mbv2-tiny", help="without --project: a trainable space (bitnas space list)")
+    p.add_argument("--family", help="without --project: the space's family (default: the one that has it)")
+    p.add_argument("--image-size", type=int, default=32)
+    p.add_argument("--in-channels", type=int, default=1)
+    p.add_argument("--num-classes", type=int, default=10)
+
+
 def register(sub) -> None:
-    p = sub.add_parser("profile", help="measure a target's latency (and energy) LUT for a search space")
-    p.add_argument("--target", required=True, help=f"one of {', '.join(TARGETS)}")
-    p.add_argument("--space", default="mbv2-tiny", help="search space (bitnas space list)")
-    p.add_argument("--out", help="LUT file to write (e.g. latency_luts/ort-cpu.json)")
+    p = sub.add_parser("profile", help="measure a target's latency (and energy) LUT for any family's space")
+    p.add_argument("--target", help="a target of 'bitnas targets' (default: the project's, else ort-cpu)")
+    _space_args(p)
+    p.add_argument("--out", help="LUT file to write (default with --project: its run folder's lut.json)")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--repeats", type=int, default=60, help="timed runs per model")
     p.add_argument("--warmup", type=int, default=10)
@@ -186,13 +167,11 @@ def register(sub) -> None:
     p.add_argument("--blocks-mixed", type=float, default=0.15,
                    help="share of mixed-precision block policies measured whole (uniform ones always are)")
     p.add_argument("--reduce-range", default="auto", choices=["auto", "on", "off"])
-    p.add_argument("--image-size", type=int, default=32)
-    p.add_argument("--in-channels", type=int, default=1)
     p.add_argument("--model-dir", help="keep the layer/block ONNX models here (reused across targets)")
     p.add_argument("--preset", help="BitFusion preset (edge, cloud)")
     p.add_argument("--calibrate", type=int, default=0, metavar="N",
-                   help="also measure N subnets end to end and fit the network-level correction (CPU targets; "
-                        "with --export-bundle the subnets travel in the bundle and the import fits it)")
+                   help="also measure N subnets end to end and fit the network-level correction (measured "
+                        "targets; with --export-bundle the subnets travel in the bundle and the import fits it)")
     p.add_argument("--export-bundle", metavar="B.zip", help="write the models + manifest + runner; measure nothing")
     p.add_argument("--bundle", metavar="B.zip", help="measure (or import) a bundle instead of building models")
     p.add_argument("--results", help="with --bundle: import these bundle_runner results instead of measuring")
@@ -202,7 +181,7 @@ def register(sub) -> None:
     lsub = lut.add_subparsers(dest="lut_cmd", required=True)
     v = lsub.add_parser("validate", help="measure random subnets end to end and compare with the LUT")
     v.add_argument("--lut", required=True)
-    v.add_argument("--space", default="mbv2-tiny")
+    _space_args(v)
     v.add_argument("--samples", type=int, default=50)
     v.add_argument("--target", help="target to measure on (default: the LUT's)")
     v.add_argument("--threads", type=int, default=None, help="default: the LUT's")
@@ -211,14 +190,12 @@ def register(sub) -> None:
     v.add_argument("--seed", type=int, default=1)
     v.add_argument("--plot", help="scatter plot file (default next to the LUT)")
     v.add_argument("--workdir", help="keep the subnet ONNX models here")
-    v.add_argument("--image-size", type=int, default=32)
-    v.add_argument("--in-channels", type=int, default=1)
     v.add_argument("--force-lut", action="store_true", help="use a LUT measured on another device")
     v.add_argument("--json", action="store_true")
     v.set_defaults(fn=_cmd_lut)
     c = lsub.add_parser("calibrate", help="fit a LUT's network-level correction on subnets measured end to end")
     c.add_argument("--lut", required=True)
-    c.add_argument("--space", default="mbv2-tiny")
+    _space_args(c)
     c.add_argument("--samples", type=int, default=120)
     c.add_argument("--features", help="comma-separated calibration features (default: all of "
                                       "bitnas.latency_luts.lut.CALIBRATION_FEATURES)")

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError
 
 from bitnas.errors import ConfigError
 
@@ -56,52 +56,3 @@ def load_config(model: type[M], path: str | Path) -> M:
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML: {exc}") from None
     return validate_config(model, data, str(path))
-
-
-class DataConfig(StrictModel):
-    name: Literal["digits", "cifar10", "npz"] = Field("digits", description="data set: embedded digits, a CIFAR-10 folder, or an .npz file")
-    path: str | None = Field(None, description="folder (cifar10) or file (npz); unused for digits")
-    val_fraction: float = Field(0.2, gt=0.0, lt=1.0, description="share of the digits set held out for validation")
-    image_size: int = Field(32, ge=8, le=256, description="side of the square images fed to the network")
-
-
-class SupernetConfig(StrictModel):
-    space: str = Field("mbv2-tiny", description="name of the search space / elastic family (bitnas space list)")
-    epochs: int = Field(12, ge=1, description="supernet training epochs")
-    batch_size: int = Field(64, ge=1, description="training batch size")
-    lr: float = Field(0.05, gt=0.0, description="peak SGD learning rate (cosine schedule)")
-    n_random: int = Field(2, ge=0, description="random subnets per step besides the largest and smallest")
-    distill: bool = Field(True, description="in-place distillation from the largest subnet")
-
-
-class LutConfig(StrictModel):
-    threads: int = Field(1, ge=1, description="intra-op threads the runtime uses while measuring")
-    warmup: int = Field(10, ge=0, description="runs discarded before timing each layer")
-    repeats: int = Field(60, ge=5, description="timed runs per layer")
-    rounds: int = Field(3, ge=1, description="interleaved passes over all layers the repeats are split into")
-    statistic: Literal["median", "p10", "mean"] = Field("median", description="statistic used to predict")
-
-
-class SearchConfig(StrictModel):
-    algorithm: Literal["nsga2"] = Field("nsga2", description="search strategy")
-    budget: int = Field(120, ge=2, description="true evaluations (distinct candidates)")
-    pop_size: int = Field(20, ge=2, description="population size")
-    calib_batches: int = Field(4, ge=1, description="train batches (of 64) that recalibrate BN and calibrate "
-                               "activation ranges, in the search and in static PTQ alike")
-
-
-class CompileConfig(StrictModel):
-    pick: Literal["knee"] = Field("knee", description="which Pareto point to compile")
-    backends: tuple[Literal["ort", "openvino", "tvm"], ...] = Field(("ort", "openvino", "tvm"),
-                                                                    description="runtimes Verify runs")
-    latency_repeats: int = Field(300, ge=10, description="timed runs per model when Verify measures latency")
-    threads: int = Field(1, ge=1, description="intra-op threads while measuring")
-
-
-class DemoConfig(StrictModel):
-    seed: int = Field(0, description="seed passed to every random step")
-    data: DataConfig = DataConfig()
-    supernet: SupernetConfig = SupernetConfig()
-    lut: LutConfig = LutConfig()
-    search: SearchConfig = SearchConfig()
-    compile: CompileConfig = CompileConfig()

@@ -12,9 +12,10 @@ from typing import Any, ClassVar
 
 from pydantic import BaseModel
 
+from bitnas.api import PASSES
 from bitnas.cache import PassCache, codec_by_kind, codec_for, digest
 from bitnas.config import StrictModel, validate_config
-from bitnas.errors import ConfigError, InternalError
+from bitnas.errors import InternalError
 
 
 @dataclass
@@ -45,9 +46,6 @@ class PassContext:
             raise InternalError(f"pass {by} needs '{key}' in the pass context") from None
 
 
-PASSES: dict[str, type[Pass]] = {}
-
-
 class Pass(ABC):
     """One compiler step with a frozen, documented ``Config``; registered by class name."""
 
@@ -56,8 +54,11 @@ class Pass(ABC):
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
-        if not getattr(cls, "__abstractmethods__", None):
-            PASSES[cls.__name__] = cls
+        # a base class or a composer says ``registered = False`` in its own body
+        # (ABCMeta sets __abstractmethods__ only after this hook, so look for abstract members directly)
+        abstract = any(getattr(getattr(cls, n, None), "__isabstractmethod__", False) for n in dir(cls))
+        if not abstract and cls.__dict__.get("registered", True):
+            PASSES.register(cls.__name__, cls)
 
     def __init__(self, config: BaseModel | dict[str, Any] | None = None, **overrides: Any):
         if isinstance(config, BaseModel):
@@ -85,6 +86,7 @@ class Sequential(Pass):
     """Runs passes in order, timing each; with a cache in the context, reuses outputs whose key it has."""
 
     cacheable = False
+    registered = False
 
     def __init__(self, passes: Sequence[Pass]):
         super().__init__()
@@ -132,8 +134,4 @@ class Sequential(Pass):
 
 
 def make_pass(name: str, config: dict[str, Any] | None = None) -> Pass:
-    try:
-        cls = PASSES[name]
-    except KeyError:
-        raise ConfigError(f"unknown pass '{name}' (known: {', '.join(sorted(PASSES))})") from None
-    return cls(config)
+    return PASSES.get(name)(config)

@@ -1,26 +1,21 @@
-"""The demo problem every search runs on: one true evaluation, its cheap objectives, its identity and its
-hypervolume normalization. The demo, ``bitnas search`` and the search benchmark all use it, so a candidate
-scores the same wherever it is evaluated.
+"""The search problem: a supernet, its data, a LUT, the objectives and constraints the project chose.
+
+One true evaluation (``evaluate``), the cheap objectives (``cheap``), the identity a study is bound to, and
+the fixed hypervolume normalization. ``bitnas demo``, ``bitnas search`` and the search benchmark all build
+it through ``Project.problem()``, so a candidate scores the same wherever it is evaluated.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-OBJECTIVE_NAMES = ("accuracy", "latency_ms", "size_bytes")
-
-
-def objectives() -> list:
-    """accuracy (max), LUT latency (min), size (min)."""
-    from bitnas.searchers import Objective
-
-    return [Objective("accuracy", "max"), Objective("latency_ms", "min"), Objective("size_bytes", "min")]
+from bitnas.space import Candidate, SearchSpace
 
 
 def problem_id(parts: dict[str, Any]) -> dict[str, Any]:
@@ -30,9 +25,21 @@ def problem_id(parts: dict[str, Any]) -> dict[str, Any]:
     return parts
 
 
+def extreme_candidates(space: SearchSpace) -> tuple[Candidate, Candidate]:
+    """The smallest architecture at every layer's narrowest bits, and the largest at its widest."""
+    def bits_key(b):
+        return b[0] * b[1]
+
+    small = space.smallest()
+    big = space.largest()
+    lo = {g.name: min(g.options, key=bits_key) for g in space.policy_genes}
+    hi = {g.name: max(g.options, key=bits_key) for g in space.policy_genes}
+    return space.make(small.arch_dict, lo), space.make(big.arch_dict, hi)
+
+
 @dataclass
-class DemoProblem:
-    """Everything a search on the demo problem needs; ``evaluate`` is a true evaluation."""
+class Problem:
+    """Everything a search needs; ``evaluate`` is a true evaluation, ``cheap`` needs only the LUT."""
 
     supernet: Any
     data: Any
@@ -41,43 +48,73 @@ class DemoProblem:
     calib: list
     reduce_range: bool
     objectives: list
+    constraints: dict[str, float]
     problem: dict[str, Any]
+    accuracy_reference: float = 0.5
+    _cheap_names: list[str] = field(default_factory=list)
 
-    @classmethod
-    def create(cls, supernet, data, lut, lut_path: Path, calib: list, reduce_range: bool, supernet_fingerprint: str,
-               calib_batches: int) -> DemoProblem:
-        """The problem with its identity: what a study is bound to (supernet, LUT file, data, calibration)."""
-        from bitnas.io import sha256_file
+    def __post_init__(self) -> None:
+        from bitnas.api import OBJECTIVES
 
-        ident = problem_id({"supernet": supernet_fingerprint, "lut_sha256": sha256_file(lut_path), "data": data.name,
-                            "calib_batches": calib_batches, "reduce_range": reduce_range,
-                            "objectives": list(OBJECTIVE_NAMES)})
-        return cls(supernet, data, lut, lut_path, calib, reduce_range, objectives(), ident)
+        names = [o.name for o in self.objectives if o.cheap]
+        for key in self.constraints:
+            if key not in names:
+                names.append(key)
+        self._cheap_fns = {n: OBJECTIVES.get(n).compute for n in names}
+        self._cheap_names = names
 
-    def cheap(self, c) -> dict[str, float]:
-        """LUT latency and size: no true evaluation needed."""
+    @property
+    def space(self) -> SearchSpace:
+        return self.supernet.space
+
+    @property
+    def needs_evaluation(self) -> bool:
+        return any(not o.cheap for o in self.objectives)
+
+    def cheap(self, c: Candidate) -> dict[str, float]:
+        """The cheap objectives and constrained quantities of ``c``: no true evaluation needed."""
         layers = self.supernet.layers(c)
-        return {"latency_ms": self.lut.predict(layers)["latency_ms"],
-                "size_bytes": float(sum(s.size_bytes for s in layers))}
+        return {n: float(fn(self, layers)) for n, fn in self._cheap_fns.items()}
 
-    def evaluate(self, c) -> dict[str, float]:
-        """Accuracy of the candidate with simulated quantization, plus its cheap objectives."""
-        from bitnas.supernets.evaluate import accuracy, prepare_subnet
-        from bitnas.supernets.static import quantize_net
+    def evaluate(self, c: Candidate) -> dict[str, float]:
+        """Accuracy of the candidate with simulated quantization (when an objective), plus its cheap values."""
+        out = self.cheap(c)
+        if self.needs_evaluation:
+            from bitnas.supernets.evaluate import accuracy, prepare_subnet
+            from bitnas.supernets.static import quantize_net
 
-        static = prepare_subnet(self.supernet, c, self.calib)
-        acc = accuracy(quantize_net(static, c.policy_dict, self.calib, self.reduce_range), self.data)
-        return {"accuracy": acc, **self.cheap(c)}
+            static = prepare_subnet(self.supernet, c, self.calib)
+            out["accuracy"] = accuracy(quantize_net(static, c.policy_dict, self.calib, self.reduce_range), self.data)
+        return out
 
+    def minimization(self, values: dict[str, float]) -> np.ndarray:
+        """``values`` as the row of a minimization problem, in objective order."""
+        return np.array([values[o.name] if o.sense == "min" else -values[o.name] for o in self.objectives], float)
 
-def hv_reference(problem: DemoProblem) -> tuple[np.ndarray, np.ndarray]:
-    """Fixed normalization (ideal, reference point) of [-accuracy, latency_ms, size_bytes] for the space."""
-    space = problem.supernet.space
-    big = problem.cheap(space.largest((32, 32)))
-    small = [problem.cheap(space.smallest(b)) for b in problem.supernet.d.bit_options]
-    ideal = np.array([-1.0, min(s["latency_ms"] for s in small) * 0.9, min(s["size_bytes"] for s in small) * 0.9])
-    ref = np.array([-0.5, big["latency_ms"] * 1.05, big["size_bytes"] * 1.05])
-    return ideal, ref
+    def feasible(self, values: dict[str, float]) -> bool:
+        return all(values[k] <= v for k, v in self.constraints.items())
+
+    def hv_reference(self) -> tuple[np.ndarray, np.ndarray]:
+        """Fixed normalization (ideal, reference point) of the minimization rows, from the space's extremes.
+
+        A cheap objective's ideal is 0.9x its value at the smallest, narrowest candidate, its reference
+        1.05x the value at the largest, widest one; accuracy runs from 1 (ideal) to ``accuracy_reference``.
+        """
+        small, big = (self.cheap(c) for c in extreme_candidates(self.space))
+        ideal, ref = [], []
+        for o in self.objectives:
+            if not o.cheap:
+                ideal.append(-1.0)
+                ref.append(-self.accuracy_reference)
+                continue
+            lo, hi = sorted((small[o.name], big[o.name]))
+            if o.sense == "min":
+                ideal.append(lo * 0.9)
+                ref.append(hi * 1.05 if hi > 0 else hi * 0.95 + 1e-12)
+            else:
+                ideal.append(-hi * 1.1)
+                ref.append(-lo * 0.95)
+        return np.array(ideal), np.array(ref)
 
 
 def normalized_hv(F: np.ndarray, ideal: np.ndarray, ref: np.ndarray) -> float:

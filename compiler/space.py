@@ -112,14 +112,24 @@ class Candidate:
 class LayerSpec:
     """What a latency table needs to know about one layer; ``key`` is its LUT key.
 
-    ``op`` is ``conv`` (dense or grouped convolution, BatchNorm folded, optional fused activation and
-    residual add), ``linear`` (global average pooling of a ``hw`` x ``hw`` map followed by a fully
-    connected layer), ``dense`` (a fully connected layer applied to each of ``hw`` tokens) or
-    ``attention`` (scaled dot-product attention over ``hw`` tokens of width ``cin`` in ``groups`` heads, no
-    weights). ``name`` is the layer's name in the network and is not part of the key.
+    Each op is one pattern of the exported ONNX graph, and the profiler builds exactly that pattern:
+
+    - ``conv``: Conv (BatchNorm folded) on an NCHW map of ``hw`` x ``hw``, then the activation ``act``, then
+      (``residual``) an Add of the block input. With ``act_after_add`` the Add comes before the activation
+      (ResNet's bottleneck: Conv, Add, Relu).
+    - ``linear``: GlobalAveragePool of an ``hw`` x ``hw`` map, Flatten, Gemm (optional ``act``).
+    - ``dense``: a fully connected layer applied to each of ``hw`` tokens of width ``cin`` (Gemm on the
+      2-D view), optional ``act`` and residual Add.
+    - ``attention``: scaled dot-product attention over ``hw`` tokens of width ``cin`` in ``groups`` heads
+      (MatMul, Softmax, MatMul; no weights).
+    - ``se``: squeeze-and-excitation on a ``cin``-channel ``hw`` x ``hw`` map: GlobalAveragePool, Gemm to
+      ``cout`` channels, Relu, Gemm back to ``cin``, HardSigmoid, Mul with the map. Float.
+    - ``layernorm``: LayerNormalization over the ``cin`` features of each of ``hw`` tokens. Float.
+
+    ``name`` is the layer's name in the network and is not part of the key.
     """
 
-    op: Literal["conv", "linear", "dense", "attention"]
+    op: Literal["conv", "linear", "dense", "attention", "se", "layernorm"]
     cin: int
     cout: int
     kernel: int = 1
@@ -131,6 +141,7 @@ class LayerSpec:
     w_bits: int = 32
     a_bits: int = 32
     name: str = field(default="", compare=False)
+    act_after_add: bool = False
 
     @property
     def bits(self) -> Bits:
@@ -140,14 +151,15 @@ class LayerSpec:
     def key(self) -> str:
         return (
             f"{self.op}|cin{self.cin}|cout{self.cout}|k{self.kernel}|s{self.stride}|g{self.groups}"
-            f"|hw{self.hw}|{self.act}|res{int(self.residual)}|w{self.w_bits}a{self.a_bits}"
+            f"|hw{self.hw}|{self.act}|res{int(self.residual)}{'|aa' if self.act_after_add else ''}"
+            f"|w{self.w_bits}a{self.a_bits}"
         )
 
     @property
     def out_hw(self) -> int:
         if self.op == "linear":
             return 1
-        if self.op in ("dense", "attention"):
+        if self.op in ("dense", "attention", "se", "layernorm"):
             return self.hw
         return (self.hw + 2 * (self.kernel // 2) - self.kernel) // self.stride + 1
 
@@ -155,6 +167,10 @@ class LayerSpec:
     def weight_count(self) -> int:
         if self.op in ("linear", "dense"):
             return self.cin * self.cout
+        if self.op == "se":
+            return 2 * self.cin * self.cout
+        if self.op == "layernorm":
+            return 2 * self.cin
         if self.op == "attention":
             return 0
         return self.cout * (self.cin // self.groups) * self.kernel * self.kernel
@@ -167,18 +183,28 @@ class LayerSpec:
             return self.cin * self.cout * self.hw
         if self.op == "attention":
             return 2 * self.hw * self.hw * self.cin
+        if self.op == "se":
+            return self.weight_count + self.cin * self.hw * self.hw * 2
+        if self.op == "layernorm":
+            return 4 * self.cin * self.hw
         return self.weight_count * self.out_hw * self.out_hw
 
     @property
     def size_bytes(self) -> float:
         """Weights at ``w_bits`` plus a float32 bias per output channel."""
-        return self.weight_count * self.w_bits / 8.0 + (0 if self.op == "attention" else self.cout * 4)
+        if self.op == "attention":
+            return 0.0
+        if self.op == "se":
+            return self.weight_count * self.w_bits / 8.0 + (self.cin + self.cout) * 4
+        if self.op == "layernorm":
+            return self.weight_count * 4.0
+        return self.weight_count * self.w_bits / 8.0 + self.cout * 4
 
     def with_bits(self, bits: Bits) -> LayerSpec:
         return LayerSpec(
             op=self.op, cin=self.cin, cout=self.cout, kernel=self.kernel, stride=self.stride,
             groups=self.groups, hw=self.hw, act=self.act, residual=self.residual,
-            w_bits=int(bits[0]), a_bits=int(bits[1]), name=self.name,
+            w_bits=int(bits[0]), a_bits=int(bits[1]), name=self.name, act_after_add=self.act_after_add,
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -186,6 +212,7 @@ class LayerSpec:
             "op": self.op, "cin": self.cin, "cout": self.cout, "kernel": self.kernel, "stride": self.stride,
             "groups": self.groups, "hw": self.hw, "act": self.act, "residual": self.residual,
             "w_bits": self.w_bits, "a_bits": self.a_bits,
+            **({"act_after_add": True} if self.act_after_add else {}),
         }
 
     @staticmethod

@@ -19,7 +19,16 @@ from bitnas.latency_luts.lut import VERSION as LUT_VERSION
 from bitnas.latency_luts.lut import LatencyTable, table_from_results
 from bitnas.space import LayerSpec
 
-RUNTIME_OF_TARGET = {"ort-cpu": "ort", "openvino-cpu": "openvino"}
+
+def bundle_runtime(target: str) -> str:
+    """The runtime a bundle for ``target`` is measured with; a target without bundles is refused."""
+    from bitnas.api import TARGETS
+
+    targets = [n for n, t in TARGETS.items() if t.bundle]
+    t = TARGETS.get(target, "--target") if target in TARGETS else None
+    if t is None or not t.bundle:
+        raise LutError(f"bundles are measured for {', '.join(targets)}, not '{target}'")
+    return t.backend
 
 
 def export_bundle(items: Sequence[Any], out: str | Path, reduce_range: bool, measurement: dict[str, Any],
@@ -100,9 +109,7 @@ def import_results(bundle: str | Path, results: str | Path | dict[str, Any], tar
         raise LutError(f"{source}: field 'format' is not '{bundle_runner.RESULTS_FORMAT}'")
     if results.get("bundle_sha256") != bundle_runner.sha256_file(bundle):
         raise LutError(f"{source}: field 'bundle_sha256' does not match {bundle} (results of another bundle)")
-    want = RUNTIME_OF_TARGET.get(target)
-    if want is None:
-        raise LutError(f"bundles are measured for {', '.join(RUNTIME_OF_TARGET)}, not '{target}'")
+    want = bundle_runtime(target)
     if results.get("runtime") != want:
         raise LutError(f"{source}: field 'runtime' is {results.get('runtime')!r}; target '{target}' needs '{want}'")
     res = results.get("results")

@@ -1,10 +1,12 @@
 """Profiling a target into a LatencyTable: every distinct layer, FP32 and each bitwidth it executes.
 
-Each LayerSpec becomes a one-layer ONNX model shaped as the exporter emits it (Conv with folded BN, then
-Clip for ReLU6, then the residual Add; or GlobalAveragePool, Flatten, Gemm). INT8 entries are quantized
-by the same static quantizer the compiler uses, so the LUT times the graph the artifact will contain.
-Fusion units (whole inverted-residual blocks) are built the same way, chained, the residual adding the
-block's input. Measurements run in interleaved chunks; each finished chunk is checkpointed atomically.
+Each LayerSpec becomes a one-layer ONNX model shaped as ``torch.onnx.export`` (opset 17) emits bitnas's
+module of its op: Conv with folded BN, its activation and residual Add; GlobalAveragePool, Flatten, Gemm;
+a token Gemm between Reshapes; attention; squeeze-and-excitation; LayerNormalization. A spec it cannot
+build is refused by name. INT8 entries are quantized by the same static quantizer the compiler uses, so
+the LUT times the graph the artifact will contain. Fusion units (whole inverted-residual blocks) are built
+the same way, chained, the residual adding the block's input. Measurements run in interleaved chunks;
+each finished chunk is checkpointed atomically.
 """
 
 from __future__ import annotations
@@ -14,14 +16,14 @@ import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from bitnas.backends.base import Backend, Measurement, interleaved_samples, interleaved_timing
-from bitnas.errors import LutError, UserError
+from bitnas.errors import LutError, UnknownLayerError, UserError
 from bitnas.io import atomic_write_json, sha256_bytes
 from bitnas.latency_luts.lut import VERSION, LatencyTable, block_key, table_from_results
 from bitnas.passes.export_onnx import INPUT_NAME, OUTPUT_NAME
@@ -32,78 +34,244 @@ OPSET = 17
 LAYER_NODE = "layer"
 CPU_BITS: tuple[Bits, ...] = (FLOAT_BITS, (8, 8))
 OVERHEAD = "__overhead__"
+ACTS = ("none", "relu", "relu6", "hswish", "gelu")
+OP_ACTS: dict[str, tuple[str, ...]] = {"conv": ACTS, "linear": ACTS, "dense": ACTS, "attention": ("none",),
+                                       "se": ("none",), "layernorm": ("none",)}
+FLOAT_OPS = ("attention", "se", "layernorm")
+TOKEN_OPS = ("dense", "attention", "layernorm")  # read [1, hw, cin] tokens; the others an NCHW map
+RESIDUAL_OPS = ("conv", "dense")
+LAYERNORM_EPS = 1e-5  # nn.LayerNorm's default
 
 
 def _init(name: str, arr: np.ndarray) -> TensorProto:
     return numpy_helper.from_array(np.ascontiguousarray(arr), name)
 
 
-def _conv_nodes(spec: LayerSpec, x: str, node: str, prefix: str, rng: np.random.Generator,
-                skip: str | None) -> tuple[list, list, str]:
-    """Nodes and initializers of one conv layer reading ``x``; returns the output tensor name."""
-    nodes, inits = [], []
+def _label(spec: LayerSpec) -> str:
+    return f"layer '{spec.name}' ({spec.key})" if spec.name else f"layer {spec.key}"
+
+
+def check_layer(spec: LayerSpec) -> None:
+    """Refuse, naming the layer, a spec whose model the profiler cannot build."""
+
+    def refuse(why: str) -> NoReturn:
+        raise UnknownLayerError(f"{_label(spec)}: {why}")
+
+    if not isinstance(spec.op, str) or spec.op not in OP_ACTS:
+        refuse(f"the profiler cannot build op '{spec.op}' (it builds {', '.join(OP_ACTS)})")
+    if not isinstance(spec.act, str) or spec.act not in OP_ACTS[spec.op]:
+        refuse(f"the profiler cannot build op '{spec.op}' with activation '{spec.act}' "
+               f"(it builds {', '.join(OP_ACTS[spec.op])})")
+    if spec.op in FLOAT_OPS and spec.bits != FLOAT_BITS:
+        refuse(f"op '{spec.op}' is float only, not W{spec.w_bits}A{spec.a_bits}")
+    if min(spec.cin, spec.cout, spec.hw, spec.kernel, spec.stride, spec.groups) < 1:
+        refuse("channels, size, kernel, stride and groups must be at least 1")
+    if spec.residual and spec.op not in RESIDUAL_OPS:
+        refuse(f"op '{spec.op}' has no residual add")
+    if spec.act_after_add and not spec.residual:
+        refuse("act_after_add needs a residual add")
+    if spec.op == "conv":
+        if spec.residual and spec.stride != 1:
+            refuse("a residual add needs stride 1")
+        if spec.cin % spec.groups or spec.cout % spec.groups:
+            refuse(f"{spec.groups} groups do not divide {spec.cin} input and {spec.cout} output channels")
+        if spec.out_hw < 1:
+            refuse(f"a {spec.kernel}x{spec.kernel} kernel does not fit a {spec.hw}x{spec.hw} map")
+    if spec.op == "attention" and spec.cin % spec.groups:
+        refuse(f"{spec.groups} heads do not divide the width {spec.cin}")
+    if spec.op in ("attention", "layernorm") and spec.cout != spec.cin:
+        refuse(f"op '{spec.op}' keeps the width: cout {spec.cout} must equal cin {spec.cin}")
+
+
+def _in_shape(spec: LayerSpec) -> list[int]:
+    return [1, spec.hw, spec.cin] if spec.op in TOKEN_OPS else [1, spec.cin, spec.hw, spec.hw]
+
+
+def _out_shape(spec: LayerSpec) -> list[int]:
+    if spec.op == "linear":
+        return [1, spec.cout]
+    if spec.op == "dense":
+        return [1, spec.hw, spec.cout]
+    if spec.op in ("attention", "layernorm"):
+        return [1, spec.hw, spec.cin]
+    if spec.op == "se":
+        return [1, spec.cin, spec.hw, spec.hw]
+    return [1, spec.cout, spec.out_hw, spec.out_hw]
+
+
+def _prefix(i: int, n: int) -> str:
+    return "" if n == 1 else f"l{i}_"
+
+
+def _kv_names(prefix: str) -> tuple[str, str]:
+    return f"{prefix}{INPUT_NAME}_k", f"{prefix}{INPUT_NAME}_v"
+
+
+def input_shapes(specs: Sequence[LayerSpec]) -> dict[str, list[int]]:
+    """The graph inputs of the unit model of ``specs`` and their shapes; refuses what it cannot build.
+
+    ``INPUT_NAME`` is the unit's input; each attention layer also reads its keys and values as inputs, as
+    in the exported graph, where they are three different projections.
+    """
+    specs = list(specs)
+    if not specs:
+        raise UserError("a unit to profile needs at least one layer")
+    for s in specs:
+        check_layer(s)
+    for prev, s in zip(specs, specs[1:]):
+        if _in_shape(s) != _out_shape(prev):
+            raise UnknownLayerError(f"{_label(s)}: reads {_in_shape(s)} but the unit's previous layer "
+                                    f"{prev.name or prev.key} gives {_out_shape(prev)}")
+    shapes = {INPUT_NAME: _in_shape(specs[0])}
+    for i, s in enumerate(specs):
+        if s.op == "attention":
+            shapes.update(dict.fromkeys(_kv_names(_prefix(i, len(specs))), _in_shape(s)))
+    return shapes
+
+
+class _Unit:
+    """The nodes and initializers of a unit model being built."""
+
+    def __init__(self, rng: np.random.Generator):
+        self.rng = rng
+        self.nodes: list[onnx.NodeProto] = []
+        self.inits: list[TensorProto] = []
+
+    def init(self, name: str, arr: np.ndarray | float) -> str:
+        arr = np.asarray(arr)
+        self.inits.append(_init(name, arr.astype(np.int64 if arr.dtype.kind in "iu" else np.float32)))
+        return name
+
+    def node(self, op: str, inputs: Sequence[str], name: str, out: str | None = None, **attrs: Any) -> str:
+        out = out or f"{name}_out"
+        self.nodes.append(helper.make_node(op, list(inputs), [out], name=name, **attrs))
+        return out
+
+    def act(self, act: str, x: str, prefix: str) -> str:
+        p = f"{prefix}act"
+        if act == "relu":
+            return self.node("Relu", [x], p)
+        if act == "relu6":
+            return self.node("Clip", [x, self.init(f"{p}_lo", 0.0), self.init(f"{p}_hi", 6.0)], p)
+        if act == "hswish":
+            return self.node("HardSwish", [x], p)
+        if act == "gelu":  # exact GELU as torch exports it below opset 20 (which has Gelu)
+            d = self.node("Div", [x, self.init(f"{p}_sqrt2", np.sqrt(2.0))], f"{p}_div")
+            e = self.node("Erf", [d], f"{p}_erf")
+            a = self.node("Add", [e, self.init(f"{p}_one", 1.0)], f"{p}_add")
+            m = self.node("Mul", [x, a], f"{p}_mul")
+            return self.node("Mul", [m, self.init(f"{p}_half", 0.5)], f"{p}_scale")
+        return x
+
+    def act_and_add(self, spec: LayerSpec, y: str, prefix: str, skip: str | None,
+                    between: Callable[[str], str] = lambda y: y) -> str:
+        """The activation and the residual add in the spec's order; ``between`` runs after the activation."""
+        if not spec.act_after_add:
+            y = self.act(spec.act, y, prefix)
+        y = between(y)
+        if spec.residual:
+            if skip is None:
+                # the block input the add reads comes from outside the unit, with the layer's output shape
+                skip = self.init(f"{prefix}skip", self.rng.normal(0, 1, _out_shape(spec)))
+            y = self.node("Add", [skip, y], f"{prefix}residual")
+        return self.act(spec.act, y, prefix) if spec.act_after_add else y
+
+
+def _conv(u: _Unit, spec: LayerSpec, x: str, node: str, prefix: str, skip: str | None) -> str:
+    """Conv (BatchNorm folded), activation, residual Add (or Add, then the activation)."""
     fan_in = spec.cin // spec.groups * spec.kernel * spec.kernel
-    w = rng.normal(0, np.sqrt(2.0 / fan_in), (spec.cout, spec.cin // spec.groups, spec.kernel, spec.kernel))
-    inits += [_init(f"{prefix}W", w.astype(np.float32)), _init(f"{prefix}B", rng.normal(0, 0.1, spec.cout).astype(np.float32))]
+    w = u.rng.normal(0, np.sqrt(2.0 / fan_in), (spec.cout, spec.cin // spec.groups, spec.kernel, spec.kernel))
+    b = u.rng.normal(0, 0.1, spec.cout)
     p = spec.kernel // 2
-    y = f"{prefix}conv_out"
-    nodes.append(helper.make_node("Conv", [x, f"{prefix}W", f"{prefix}B"], [y], name=node,
-                                  kernel_shape=[spec.kernel] * 2, strides=[spec.stride] * 2,
-                                  pads=[p] * 4, group=spec.groups))
-    if spec.act == "relu6":
-        inits += [_init(f"{prefix}lo", np.array(0.0, np.float32)), _init(f"{prefix}hi", np.array(6.0, np.float32))]
-        nodes.append(helper.make_node("Clip", [y, f"{prefix}lo", f"{prefix}hi"], [f"{prefix}act_out"],
-                                      name=f"{prefix}act"))
-        y = f"{prefix}act_out"
-    elif spec.act == "relu":
-        nodes.append(helper.make_node("Relu", [y], [f"{prefix}act_out"], name=f"{prefix}act"))
-        y = f"{prefix}act_out"
-    if spec.residual:
-        if spec.stride != 1:
-            raise UserError(f"layer {spec.key}: a residual add needs stride 1")
-        if skip is None:
-            # a lone layer: the block's input, which the add reads, has the layer's output shape
-            skip = f"{prefix}skip"
-            inits.append(_init(skip, rng.normal(0, 1, (1, spec.cout, spec.out_hw, spec.out_hw)).astype(np.float32)))
-        nodes.append(helper.make_node("Add", [skip, y], [f"{prefix}res_out"], name=f"{prefix}residual"))
-        y = f"{prefix}res_out"
-    return nodes, inits, y
+    y = u.node("Conv", [x, u.init(f"{prefix}W", w), u.init(f"{prefix}B", b)], node,
+               kernel_shape=[spec.kernel] * 2, strides=[spec.stride] * 2, pads=[p] * 4, group=spec.groups)
+    return u.act_and_add(spec, y, prefix, skip)
+
+
+def _linear(u: _Unit, spec: LayerSpec, x: str, node: str, prefix: str, skip: str | None) -> str:
+    """GlobalAveragePool, Flatten, Gemm, activation (LinearUnit)."""
+    w = u.rng.normal(0, 0.1, (spec.cout, spec.cin))
+    y = u.node("GlobalAveragePool", [x], f"{prefix}pool")
+    y = u.node("Flatten", [y], f"{prefix}flatten", axis=1)
+    y = u.node("Gemm", [y, u.init(f"{prefix}W", w), u.init(f"{prefix}B", np.zeros(spec.cout))], node, transB=1)
+    return u.act(spec.act, y, prefix)
+
+
+def _dense(u: _Unit, spec: LayerSpec, x: str, node: str, prefix: str, skip: str | None) -> str:
+    """Reshape to 2-D, Gemm, activation, Reshape back, residual Add (TokenLinearUnit)."""
+    w = u.rng.normal(0, np.sqrt(1.0 / spec.cin), (spec.cout, spec.cin))
+    b = u.rng.normal(0, 0.1, spec.cout)
+    y = u.node("Reshape", [x, u.init(f"{prefix}flat_shape", np.array([-1, spec.cin]))], f"{prefix}flatten")
+    y = u.node("Gemm", [y, u.init(f"{prefix}W", w), u.init(f"{prefix}B", b)], node, transB=1)
+    shape = u.init(f"{prefix}token_shape", np.array([1, spec.hw, spec.cout]))
+    return u.act_and_add(spec, y, prefix, skip, lambda y: u.node("Reshape", [y, shape], f"{prefix}unflatten"))
+
+
+def _attention(u: _Unit, spec: LayerSpec, q: str, node: str, prefix: str, skip: str | None) -> str:
+    """Scaled dot-product attention over the heads (``_attend``); keys and values are graph inputs."""
+    heads, dim = spec.groups, spec.cin // spec.groups
+    k, v = _kv_names(prefix)
+    split_shape = u.init(f"{prefix}head_shape", np.array([1, spec.hw, heads, dim]))
+
+    def split(x: str, tag: str, perm: list[int]) -> str:
+        y = u.node("Reshape", [x, split_shape], f"{prefix}{tag}_split")
+        return u.node("Transpose", [y], f"{prefix}{tag}_heads", perm=perm)
+
+    s = u.node("MatMul", [split(q, "q", [0, 2, 1, 3]), split(k, "k", [0, 2, 3, 1])], f"{prefix}scores")
+    s = u.node("Mul", [s, u.init(f"{prefix}scale_c", dim ** -0.5)], f"{prefix}scale")
+    s = u.node("Softmax", [s], f"{prefix}softmax", axis=-1)
+    y = u.node("MatMul", [s, split(v, "v", [0, 2, 1, 3])], f"{prefix}context")
+    y = u.node("Transpose", [y], f"{prefix}merge_heads", perm=[0, 2, 1, 3])
+    return u.node("Reshape", [y, u.init(f"{prefix}token_shape", np.array([1, spec.hw, spec.cin]))],
+                  f"{prefix}merge")
+
+
+def _se(u: _Unit, spec: LayerSpec, x: str, node: str, prefix: str, skip: str | None) -> str:
+    """GlobalAveragePool, Flatten, Gemm, Relu, Gemm, HardSigmoid, Unsqueeze twice, Mul with the map (mbv3's SE)."""
+    c, r = spec.cin, spec.cout
+    s = u.node("GlobalAveragePool", [x], f"{prefix}squeeze")
+    s = u.node("Flatten", [s], f"{prefix}squeeze_flat", axis=1)
+    s = u.node("Gemm", [s, u.init(f"{prefix}W1", u.rng.normal(0, np.sqrt(1.0 / c), (r, c))),
+                        u.init(f"{prefix}B1", u.rng.normal(0, 0.1, r))], f"{prefix}se_reduce", transB=1)
+    s = u.node("Relu", [s], f"{prefix}se_relu")
+    s = u.node("Gemm", [s, u.init(f"{prefix}W2", u.rng.normal(0, np.sqrt(1.0 / r), (c, r))),
+                        u.init(f"{prefix}B2", u.rng.normal(0, 0.1, c))], f"{prefix}se_expand", transB=1)
+    s = u.node("HardSigmoid", [s], f"{prefix}se_gate", alpha=1.0 / 6)
+    s = u.node("Unsqueeze", [s, u.init(f"{prefix}axis2", np.array([2]))], f"{prefix}unsqueeze_h")
+    s = u.node("Unsqueeze", [s, u.init(f"{prefix}axis3", np.array([3]))], f"{prefix}unsqueeze_w")
+    return u.node("Mul", [x, s], f"{prefix}excite")
+
+
+def _layernorm(u: _Unit, spec: LayerSpec, x: str, node: str, prefix: str, skip: str | None) -> str:
+    """LayerNormalization over the last axis (nn.LayerNorm at opset 17)."""
+    scale = u.init(f"{prefix}gamma", u.rng.normal(1, 0.1, spec.cin))
+    bias = u.init(f"{prefix}beta", u.rng.normal(0, 0.1, spec.cin))
+    return u.node("LayerNormalization", [x, scale, bias], f"{prefix}layernorm", axis=-1, epsilon=LAYERNORM_EPS)
+
+
+_BUILDERS: dict[str, Callable[..., str]] = {"conv": _conv, "linear": _linear, "dense": _dense,
+                                            "attention": _attention, "se": _se, "layernorm": _layernorm}
 
 
 def unit_model(specs: Sequence[LayerSpec], seed: int = 0) -> onnx.ModelProto:
     """A float ONNX model (batch 1, random weights) chaining ``specs``: one layer or one fusion unit.
 
-    Conv nodes are named ``layer`` (one layer) or ``layer0``, ``layer1``... In a multi-layer unit a
-    residual layer adds the unit's input.
+    Each op is built as ``torch.onnx.export`` (opset 17) emits bitnas's module of it. The Conv/Gemm of a
+    quantizable layer is named ``layer`` (one layer) or ``layer0``, ``layer1``... In a multi-layer unit a
+    residual layer adds the unit's input when that has the layer's output shape.
     """
     specs = list(specs)
-    rng = np.random.default_rng(seed)
-    first = specs[0]
-    x = helper.make_tensor_value_info(INPUT_NAME, TensorProto.FLOAT, [1, first.cin, first.hw, first.hw])
-    nodes, inits = [], []
+    shapes = input_shapes(specs)
+    u = _Unit(np.random.default_rng(seed))
     y = INPUT_NAME
     for i, spec in enumerate(specs):
         node = LAYER_NODE if len(specs) == 1 else f"{LAYER_NODE}{i}"
-        prefix = "" if len(specs) == 1 else f"l{i}_"
-        if spec.op == "linear":
-            w = rng.normal(0, 0.1, (spec.cout, spec.cin)).astype(np.float32)
-            inits += [_init(f"{prefix}W", w), _init(f"{prefix}B", np.zeros(spec.cout, np.float32))]
-            nodes += [
-                helper.make_node("GlobalAveragePool", [y], [f"{prefix}pooled"], name=f"{prefix}pool"),
-                helper.make_node("Flatten", [f"{prefix}pooled"], [f"{prefix}flat"], name=f"{prefix}flatten", axis=1),
-                helper.make_node("Gemm", [f"{prefix}flat", f"{prefix}W", f"{prefix}B"], [f"{prefix}gemm_out"],
-                                 name=node, transB=1),
-            ]
-            y = f"{prefix}gemm_out"
-            shape = [1, spec.cout]
-        else:
-            more, more_inits, y = _conv_nodes(spec, y, node, prefix, rng, INPUT_NAME if len(specs) > 1 else None)
-            nodes += more
-            inits += more_inits
-            shape = [1, spec.cout, spec.out_hw, spec.out_hw]
-    nodes.append(helper.make_node("Identity", [y], [OUTPUT_NAME], name="out"))
-    out = helper.make_tensor_value_info(OUTPUT_NAME, TensorProto.FLOAT, shape)
-    graph = helper.make_graph(nodes, "unit", [x], [out], inits)
+        skip = INPUT_NAME if len(specs) > 1 and shapes[INPUT_NAME] == _out_shape(spec) else None
+        y = _BUILDERS[spec.op](u, spec, y, node, _prefix(i, len(specs)), skip)
+    u.node("Identity", [y], "out", out=OUTPUT_NAME)
+    inputs = [helper.make_tensor_value_info(n, TensorProto.FLOAT, s) for n, s in shapes.items()]
+    out = helper.make_tensor_value_info(OUTPUT_NAME, TensorProto.FLOAT, _out_shape(specs[-1]))
+    graph = helper.make_graph(u.nodes, "unit", inputs, [out], u.inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="bitnas")
     onnx.checker.check_model(model)
     return model
@@ -124,15 +292,28 @@ def overhead_model() -> onnx.ModelProto:
 
 
 def _check_cpu_bits(spec: LayerSpec) -> None:
+    check_layer(spec)
     if spec.bits not in CPU_BITS:
-        raise UserError(f"layer {spec.key}: the CPU profiler measures INT8 or float, not W{spec.w_bits}A{spec.a_bits}")
+        raise UnknownLayerError(f"{_label(spec)}: the CPU profiler measures INT8 or float, "
+                                f"not W{spec.w_bits}A{spec.a_bits}")
+
+
+def _check_cpu_unit(specs: list[LayerSpec]) -> tuple[dict[str, list[int]], list[int]]:
+    """Refuse a unit the CPU profiler cannot build; its input shapes and the indices of its INT8 layers."""
+    for s in specs:
+        _check_cpu_bits(s)
+    shapes = input_shapes(specs)
+    int8 = [i for i, s in enumerate(specs) if s.bits == (8, 8)]
+    if int8 and len(shapes) > 1:
+        raise UnknownLayerError(f"{_label(specs[int8[0]])}: INT8 layers are calibrated on the unit's input alone, "
+                                "but its attention reads keys and values from outside; profile them as lone layers")
+    return shapes, int8
 
 
 def write_unit_model(specs: Sequence[LayerSpec], folder: Path, reduce_range: bool, seed: int = 0) -> Path:
     """Write the model of a layer or unit (its INT8 layers quantized QDQ) into ``folder``; reuse if present."""
     specs = list(specs)
-    for s in specs:
-        _check_cpu_bits(s)
+    shapes, int8 = _check_cpu_unit(specs)
     float_key = "+".join(s.with_bits(FLOAT_BITS).key for s in specs)
     stem = sha256_bytes(float_key.encode())[:16]
     fp32 = folder / f"{stem}_fp32.onnx"
@@ -141,7 +322,6 @@ def write_unit_model(specs: Sequence[LayerSpec], folder: Path, reduce_range: boo
         from bitnas.io import atomic_write_bytes
 
         atomic_write_bytes(fp32, unit_model([s.with_bits(FLOAT_BITS) for s in specs], seed).SerializeToString())
-    int8 = [i for i, s in enumerate(specs) if s.bits == (8, 8)]
     if not int8:
         return fp32
     tag = "int8" if len(specs) == 1 else "q" + "".join("1" if i in int8 else "0" for i in range(len(specs)))
@@ -150,10 +330,37 @@ def write_unit_model(specs: Sequence[LayerSpec], folder: Path, reduce_range: boo
         return q
     nodes = [LAYER_NODE] if len(specs) == 1 else [f"{LAYER_NODE}{i}" for i in int8]
     rng = np.random.default_rng(seed)
-    first = specs[0]
-    calib = [rng.normal(0, 1, (1, first.cin, first.hw, first.hw)).astype(np.float32) for _ in range(4)]
-    inc_quantize_qdq(fp32, q, nodes, calib, reduce_range)
+    calib = [rng.normal(0, 1, shapes[INPUT_NAME]).astype(np.float32) for _ in range(4)]
+    src = q.with_name(q.name + ".src.onnx")
+    try:
+        inc_quantize_qdq(_named_for_inc(fp32, src), q, nodes, calib, reduce_range)
+    finally:
+        src.unlink(missing_ok=True)
     return q
+
+
+def _named_for_inc(src: Path, dst: Path) -> Path:
+    """``src`` as ONNX Runtime rewrites it before INC quantizes it, written to ``dst`` with every node named.
+
+    ONNX Runtime expands function ops (HardSwish into HardSigmoid and Mul) into nodes without names, and
+    INC keeps only one of the nodes that share a name, leaving the rest of the graph reading a tensor
+    nothing computes. Returns ``src`` itself when no node needs a name.
+    """
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+    so.optimized_model_filepath = str(dst)
+    so.log_severity_level = 3
+    ort.InferenceSession(str(src), so, providers=["CPUExecutionProvider"])
+    model = onnx.load(str(dst))
+    unnamed = [n for n in model.graph.node if not n.name]
+    if not unnamed:
+        return src
+    for i, n in enumerate(unnamed):
+        n.name = f"ort_inlined_{i}"
+    onnx.save(model, str(dst))
+    return dst
 
 
 def write_layer_model(spec: LayerSpec, folder: Path, reduce_range: bool, seed: int = 0) -> Path:
@@ -162,8 +369,9 @@ def write_layer_model(spec: LayerSpec, folder: Path, reduce_range: bool, seed: i
 
 
 def input_for(specs: Sequence[LayerSpec], seed: int = 0) -> dict[str, np.ndarray]:
-    s = specs[0]
-    return {INPUT_NAME: np.random.default_rng(seed).normal(0, 1, (1, s.cin, s.hw, s.hw)).astype(np.float32)}
+    """Random inputs for every graph input of the unit model of ``specs``."""
+    rng = np.random.default_rng(seed)
+    return {name: rng.normal(0, 1, shape).astype(np.float32) for name, shape in input_shapes(specs).items()}
 
 
 def measure_layer(backend: Backend, spec: LayerSpec, reduce_range: bool = False, warmup: int = 10,
@@ -184,11 +392,18 @@ class Item:
     specs: tuple[LayerSpec, ...] = ()
 
 
+def _at(spec: LayerSpec, bits: Bits) -> LayerSpec:
+    """``spec`` at ``bits``; float-only ops stay float."""
+    return spec.with_bits(FLOAT_BITS if spec.op in FLOAT_OPS else bits)
+
+
 def layer_items(specs: Sequence[LayerSpec], bit_options: Sequence[Bits]) -> list[Item]:
+    """Every spec at every bit option (float-only ops once, in float); refuses a spec it cannot build."""
     out, seen = [], set()
     for s in specs:
+        check_layer(s.with_bits(FLOAT_BITS))
         for b in bit_options:
-            ls = s.with_bits(b)
+            ls = _at(s, b)
             if ls.key not in seen:
                 seen.add(ls.key)
                 out.append(Item(ls.key, "layer", (ls,)))
@@ -201,12 +416,13 @@ def block_items(blocks: Sequence[Sequence[LayerSpec]], bit_options: Sequence[Bit
     rng = np.random.default_rng(seed)
     out, seen = [], set()
     for blk in blocks:
+        input_shapes([s.with_bits(FLOAT_BITS) for s in blk])
         combos = [tuple(c) for c in np.array(np.meshgrid(*[range(len(bit_options))] * len(blk))).T.reshape(-1, len(blk))]
         for combo in combos:
             uniform = len(set(combo)) == 1
             if not uniform and rng.random() >= mixed_fraction:
                 continue
-            specs = tuple(s.with_bits(bit_options[i]) for s, i in zip(blk, combo))
+            specs = tuple(_at(s, bit_options[i]) for s, i in zip(blk, combo))
             key = block_key(specs)
             if key not in seen:
                 seen.add(key)
@@ -311,6 +527,8 @@ def profile(
     settings skips what it holds. ``model_dir`` keeps the ONNX models for reuse (else a temp folder).
     """
     items = layer_items(specs, bit_options) + block_items(blocks, bit_options, mixed_fraction)
+    for it in items:  # refused before anything is measured
+        _check_cpu_unit(list(it.specs))
     fingerprint = backend.fingerprint()
     measurement = {"backend": backend.name, "warmup": warmup, "repeats": repeats, "rounds": rounds,
                    "statistic": statistic, "batch": 1, "threads": backend.threads, "interleaved": True,

@@ -1,4 +1,4 @@
-"""The fusion units (inverted-residual blocks) a space can produce, and the space's layers, by space name."""
+"""The fusion units (inverted-residual blocks) an elastic MobileNetV2 space can produce."""
 
 from __future__ import annotations
 
@@ -30,12 +30,3 @@ def all_blocks(d: Any) -> list[tuple[LayerSpec, LayerSpec, LayerSpec]]:
             hw = out_hw
         cins = set(st.widths)
     return list(seen.values())
-
-
-def space_layers(name: str, image_size: int = 32, in_channels: int = 1, num_classes: int = 10):
-    """(definition, distinct float layers, distinct float blocks) of a named space."""
-    from bitnas.supernets import space_def
-    from bitnas.supernets.mbv2 import all_layer_specs
-
-    d = space_def(name, in_channels=in_channels, image_size=image_size, num_classes=num_classes)
-    return d, all_layer_specs(d), all_blocks(d)

@@ -16,7 +16,15 @@ import numpy as np
 from bitnas.errors import LutError, UserError
 from bitnas.latency_luts.lut import CALIBRATION_FEATURES, LatencyTable
 
-TARGET_BACKEND = {"ort-cpu": "ort", "openvino-cpu": "openvino", "tvm-llvm": "tvm"}
+
+def measured_target(name: str):
+    """The Target ``name``, which must be measured (not simulated) to be timed end to end."""
+    from bitnas.api import TARGETS
+
+    measured = [n for n, t in TARGETS.items() if not t.simulated]
+    if name not in TARGETS or TARGETS.get(name).simulated:
+        raise UserError(f"--target: '{name}' cannot be measured end to end (known: {', '.join(measured)})")
+    return TARGETS.get(name)
 
 
 def metrics(pred: np.ndarray, meas: np.ndarray) -> dict[str, float]:
@@ -75,14 +83,13 @@ def build_subnet_model(supernet, candidate, folder: Path, reduce_range: bool, in
     return path
 
 
-def calibration_networks(space_name: str, samples: int, folder: Path, reduce_range: bool, seed: int = 1000,
-                         image_size: int = 32, in_channels: int = 1) -> list[tuple[str, list, Path]]:
+def calibration_networks(supernet, samples: int, folder: Path, reduce_range: bool, seed: int = 1000
+                         ) -> list[tuple[str, list, Path]]:
     """(candidate id, layers, ONNX path) of ``samples`` subnets for a calibration measured elsewhere (a bundle)."""
-    from bitnas.supernets import build_supernet
+    from bitnas.supernets.families import input_shape
 
-    supernet = build_supernet(space_name, in_channels=in_channels, image_size=image_size).eval()
     cands = draw_candidates(supernet.space, supernet, None, samples, seed)
-    in_shape = (in_channels, image_size, image_size)
+    in_shape = input_shape(supernet)
     return [(c.id, supernet.layers(c), build_subnet_model(supernet, c, folder, reduce_range, in_shape))
             for c in cands]
 
@@ -107,8 +114,8 @@ def _check_samples(samples: int, features: tuple[str, ...]) -> None:
                         f"coefficients), not {samples}")
 
 
-def calibrate(lut: LatencyTable, backend, space_name: str, samples: int = 24, seed: int = 1000,
-              repeats: int = 100, rounds: int = 10, warmup: int = 10, image_size: int = 32, in_channels: int = 1,
+def calibrate(lut: LatencyTable, backend, supernet, samples: int = 24, seed: int = 1000,
+              repeats: int = 100, rounds: int = 10, warmup: int = 10,
               workdir: str | Path | None = None, features=CALIBRATION_FEATURES) -> dict[str, Any]:
     """Fit the network-level correction (``features``, by least squares) on subnets measured end to end.
 
@@ -117,14 +124,13 @@ def calibrate(lut: LatencyTable, backend, space_name: str, samples: int = 24, se
     import tempfile
 
     from bitnas.backends.base import Measurement
-    from bitnas.supernets import build_supernet
+    from bitnas.supernets.families import input_shape
 
     features = tuple(features)
     _check_samples(samples, features)  # before measuring anything
     base = LatencyTable.from_dict({**lut.to_dict(), "calibration": {}}, lut.source)
-    supernet = build_supernet(space_name, in_channels=in_channels, image_size=image_size).eval()
     cands = draw_candidates(supernet.space, supernet, base, samples, seed)
-    in_shape = (in_channels, image_size, image_size)
+    in_shape = input_shape(supernet)
     with tempfile.TemporaryDirectory(prefix="bitnas-calibrate-") as tmp:
         raw = _measure(backend, supernet, cands, Path(workdir) if workdir else Path(tmp),
                        bool(lut.measurement.get("reduce_range", False)), in_shape, warmup, repeats, rounds)
@@ -181,36 +187,34 @@ def plot_scatter(pred: np.ndarray, sd: np.ndarray, meas: np.ndarray, title: str,
     plt.close(fig)
 
 
-def validate(lut_path: str | Path, space_name: str, samples: int, target: str | None = None,
+def validate(lut_path: str | Path, supernet, samples: int, target: str | None = None,
              threads: int | None = None, repeats: int = 100, rounds: int = 10, warmup: int = 10, seed: int = 1,
              force: bool = False, plot: str | Path | None = None, workdir: str | Path | None = None,
-             image_size: int = 32, in_channels: int = 1, progress=None) -> dict[str, Any]:
-    """Measure ``samples`` subnets end to end on the LUT's target and report the LUT's fidelity."""
+             progress=None) -> dict[str, Any]:
+    """Measure ``samples`` subnets of ``supernet`` end to end on the LUT's target and report its fidelity."""
     import tempfile
 
-    from bitnas.backends import get_backend
     from bitnas.backends.base import Measurement
-    from bitnas.supernets import build_supernet
+    from bitnas.supernets.families import input_shape
 
     lut = LatencyTable.load(lut_path)
     target = target or lut.target
-    if target not in TARGET_BACKEND:
-        raise UserError(f"--target: '{target}' cannot be measured end to end (known: {', '.join(TARGET_BACKEND)})")
+    tgt = measured_target(target)
+    space_name = supernet.space.name
     if target != lut.target and not force:
         raise LutError(f"{lut_path}: table is for target '{lut.target}', not '{target}'; pass --force-lut to use it")
     if samples < 2 or rounds < 2:
         raise UserError("--samples and --rounds must be at least 2")
     threads = threads or int(lut.measurement.get("threads", 1))
-    backend = get_backend(TARGET_BACKEND[target], threads=threads)
+    backend = tgt.make_backend(threads=threads)
     lut.check_device(backend.fingerprint(), force)
     if lut.space and lut.space != space_name and not force:
         raise LutError(f"{lut_path}: table was profiled for space '{lut.space}', not '{space_name}'")
     reduce_range = bool(lut.measurement.get("reduce_range", False))
-    supernet = build_supernet(space_name, in_channels=in_channels, image_size=image_size).eval()
     cands = draw_candidates(supernet.space, supernet, lut, samples, seed,
                             exclude=set(lut.calibration.get("ids", [])))
     preds = [lut.predict(supernet.layers(c)) for c in cands]
-    in_shape = (in_channels, image_size, image_size)
+    in_shape = input_shape(supernet)
     stat = lut.statistic
     with tempfile.TemporaryDirectory(prefix="bitnas-validate-") as tmp:
         raw = _measure(backend, supernet, cands, Path(workdir) if workdir else Path(tmp), reduce_range, in_shape,

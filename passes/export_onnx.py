@@ -10,16 +10,18 @@ import onnx
 import torch
 from onnx import numpy_helper
 from pydantic import Field
+from torch import nn
 
 from bitnas.config import StrictModel
 from bitnas.errors import InternalError
 from bitnas.io import atomic_write_bytes
 from bitnas.pipeline import Pass, PassContext
-from bitnas.supernets.static import StaticNet, fold_bn
+from bitnas.supernets.static import QuantUnit, StaticNet, fold_bn
 
 INPUT_NAME = "input"
 OUTPUT_NAME = "logits"
 QUANT_OPS = ("Conv", "Gemm")
+NAMED_OPS = QUANT_OPS + ("LayerNormalization", "Softmax")  # nodes named after the layer they belong to
 
 
 @dataclass
@@ -31,20 +33,81 @@ class OnnxModel:
     float_path: Path | None = None  # the FP32 export the model was derived from
 
 
+def _scope_segment(qualified_name: str) -> str:
+    # the TorchScript exporter names a module's scope from its last non-numeric atom on ("body.1", "expand")
+    atoms = qualified_name.split(".")
+    for i in range(len(atoms) - 1, -1, -1):
+        if not atoms[i].isnumeric():
+            return ".".join(atoms[i:])
+    return qualified_name
+
+
+def module_scopes(net: nn.Module) -> dict[str, tuple[str, nn.Module]]:
+    """Scope path -> (qualified name, module): the prefix ``torch.onnx.export`` (dynamo=False) gives node names."""
+    out: dict[str, tuple[str, nn.Module]] = {}
+    for qn, mod in net.named_modules():
+        atoms = qn.split(".") if qn else []
+        scope = "".join("/" + _scope_segment(".".join(atoms[:i + 1])) for i in range(len(atoms)))
+        out[scope] = (qn, mod)
+    return out
+
+
+def _owner(qn: str, modules: dict[str, nn.Module], kind: type | None) -> str | None:
+    """The qualified name of ``qn``'s nearest enclosing module (itself included) of ``kind``, or with a layer name."""
+    atoms = qn.split(".") if qn else []
+    for i in range(len(atoms), -1, -1):
+        name = ".".join(atoms[:i])
+        mod = modules[name]
+        if (isinstance(mod, kind) if kind is not None else isinstance(getattr(mod, "layer_name", None), str)):
+            return name
+    return None
+
+
 def name_layer_nodes(model: onnx.ModelProto, net: StaticNet) -> list[str]:
-    """Rename Conv/Gemm nodes, in graph order, to the layer names of ``net``'s units (checked by shape)."""
-    units = net.units()
-    nodes = [n for n in model.graph.node if n.op_type in QUANT_OPS]
-    if len(nodes) != len(units):
-        raise InternalError(f"ONNX export has {len(nodes)} Conv/Gemm nodes but the subnet has {len(units)} layers")
+    """Name nodes after the modules whose scopes hold them; return the quantizable layers in graph order.
+
+    A ``QuantUnit``'s one Conv/Gemm node takes the unit's ``layer_name``; any other Conv, Gemm,
+    LayerNormalization or Softmax node takes the ``layer_name`` of its nearest enclosing module that has
+    one, plus its module path below it (``s1.b0.se.reduce``, ``l0.ln1``, ``l0.attention``).
+    """
+    scopes = module_scopes(net)
+    modules = dict(net.named_modules())
     inits = {t.name: t for t in model.graph.initializer}
-    for node, unit in zip(nodes, units):
-        w = inits.get(node.input[1])
-        expected = tuple(unit.conv.weight.shape) if hasattr(unit, "conv") else tuple(unit.fc.weight.shape)
-        if w is None or tuple(numpy_helper.to_array(w).shape) != expected:
-            raise InternalError(f"ONNX node {node.name} does not match layer {unit.layer_name}")
-        node.name = unit.layer_name
-    return [u.layer_name for u in units]
+    layers: list[str] = []
+    taken: set[str] = set()
+    for node in model.graph.node:
+        if node.op_type not in NAMED_OPS:
+            continue
+        entry = scopes.get(node.name.rsplit("/", 1)[0]) if "/" in node.name else None
+        if entry is None:
+            raise InternalError(f"ONNX node {node.name} ({node.op_type}) is in no module scope of the subnet")
+        qn = entry[0]
+        unit_qn = _owner(qn, modules, QuantUnit) if node.op_type in QUANT_OPS else None
+        if unit_qn is not None:
+            unit = modules[unit_qn]
+            if unit.layer_name in taken:
+                raise InternalError(f"layer {unit.layer_name} exports more than one Conv/Gemm node ({node.name})")
+            w = inits.get(node.input[1])
+            expected = tuple(unit.conv.weight.shape) if hasattr(unit, "conv") else tuple(unit.fc.weight.shape)
+            if w is None or tuple(numpy_helper.to_array(w).shape) != expected:
+                raise InternalError(f"ONNX node {node.name} does not match layer {unit.layer_name}")
+            node.name = unit.layer_name
+            layers.append(unit.layer_name)
+        else:
+            named = _owner(qn, modules, None)
+            base = modules[named].layer_name if named is not None else ""
+            rest = qn[len(named) + 1:] if named else qn
+            name = stem = ".".join(p for p in (base, rest or node.op_type.lower()) if p)
+            k = 1
+            while name in taken:
+                k += 1
+                name = f"{stem}_{k}"
+            node.name = name
+        taken.add(node.name)
+    missing = [u.layer_name for u in net.units() if u.layer_name not in layers]
+    if missing:
+        raise InternalError(f"layer(s) {missing} have no Conv/Gemm node in the ONNX export")
+    return layers
 
 
 def export_static(net: StaticNet, path: Path, in_shape: tuple[int, ...], opset: int = 17) -> OnnxModel:

@@ -75,9 +75,39 @@ def _cleanup(tmp: Path) -> None:
         p.unlink(missing_ok=True)
 
 
+def _optimize_for_inc(src: Path, dst: Path) -> None:
+    """ONNX Runtime's basic graph optimization, the step INC's ``quantize`` runs first, with every node named.
+
+    ONNX Runtime inlines function ops (HardSwish into HardSigmoid and Mul) as nodes without names, and INC's
+    topological sort keys nodes by name: it would drop all but one of them.
+    """
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+    so.optimized_model_filepath = str(dst)
+    so.add_session_config_entry("session.optimized_model_external_initializers_file_name", dst.name + ".data")
+    so.add_session_config_entry("session.optimized_model_external_initializers_min_size_in_bytes", "1024")
+    ort.InferenceSession(str(src), so, providers=["CPUExecutionProvider"])
+    model = onnx.load(str(dst), load_external_data=False)
+    taken = {n.name for n in model.graph.node if n.name}
+    if len(taken) == len(model.graph.node):
+        return
+    k = 0
+    for node in model.graph.node:
+        while not node.name:
+            k += 1
+            if f"{node.op_type}_{k}" not in taken:
+                node.name = f"{node.op_type}_{k}"
+                taken.add(node.name)
+    onnx.save(model, str(dst))
+
+
 def inc_quantize_qdq(src: Path, dst: Path, nodes: Iterable[str], calib: Sequence[np.ndarray],
                      reduce_range: bool, input_name: str = INPUT_NAME, calibrate_method: str = "minmax") -> None:
     """Quantize ``nodes`` of ``src`` to INT8 QDQ with Intel Neural Compressor and write ``dst``."""
+    import onnxruntime as ort
+
     try:
         from onnx_neural_compressor import data_reader
         from onnx_neural_compressor.quantization import quantize
@@ -95,8 +125,10 @@ def inc_quantize_qdq(src: Path, dst: Path, nodes: Iterable[str], calib: Sequence
         extra_options={"ActivationSymmetric": False, "WeightSymmetric": True},
     )
     tmp = dst.with_name(dst.name + ".tmp.onnx")
+    opt = tmp.with_name(tmp.name + ".opt.onnx")
     try:
-        quantize(str(src), str(tmp), cfg)
+        _optimize_for_inc(src, opt)
+        quantize(str(opt), str(tmp), cfg, optimization_level=ort.GraphOptimizationLevel.ORT_DISABLE_ALL)
         _restore_names(tmp, dst, nodes)
     finally:
         _cleanup(tmp)
@@ -138,6 +170,7 @@ class StaticPtq(Pass):
     """Static PTQ of the layers whose graph bits are W<=8/A8; float elsewhere. Engines subclass it."""
 
     engine: str = ""
+    registered = False
 
     class Config(StrictModel):
         calibration_batches: int = Field(4, ge=1, description="training batches used for calibration")

@@ -40,10 +40,17 @@ def compact_model(src: Path, dst: Path) -> None:
     fixed = {v.name for v in list(g.input) + list(g.output)}
     names: dict[str, str] = {}
 
+    counter = iter(range(1 << 30))
+
     def short(name: str) -> str:
         if not name or name in fixed:
             return name
-        return names.setdefault(name, f"t{len(names)}")
+        if name not in names:
+            new = f"t{next(counter)}"
+            while new in fixed:  # never reuse a kept input or output name
+                new = f"t{next(counter)}"
+            names[name] = new
+        return names[name]
 
     for t in g.initializer:
         t.name = short(t.name)
@@ -67,14 +74,16 @@ class Package(Pass):
     cacheable = False
 
     class Config(StrictModel):
-        out: str = Field("artifact", description="artifact folder (relative to the work folder's parent)")
+        out: str | None = Field(None, description="artifact folder (relative to the work folder's parent); "
+                                                 "default: the one the compile command chose")
 
     def run(self, model: OnnxModel, ctx: PassContext) -> Artifact:
         compact = ctx.workdir / "model.compact.onnx"
         compact_model(model.path, compact)
         model = OnnxModel(path=compact, layers=model.layers, float_path=model.float_path)
         candidate = ctx.need("candidate", self.name)
-        out = Path(self.config.out)
+        chosen = self.config.out or ctx.results.get("artifact_dir") or "artifact"
+        out = Path(chosen)
         if not out.is_absolute():
             out = ctx.workdir.parent / out
         r = ctx.results
@@ -82,6 +91,7 @@ class Package(Pass):
             "schema_version": None,  # set by write_artifact
             "candidate": candidate.to_dict(),
             "target": r.get("target", {"name": ctx.target}),
+            "family": r.get("family", {}),
             "lut": r.get("lut", {}),
             "predicted": r.get("predicted", {}),
             "measured": r.get("measured", {}),

@@ -110,7 +110,11 @@ class SubByteWeights(Pass):
                     # form: store it in float and save its per-channel scale
                     b = (numpy_helper.to_array(inits[bdq.input[0]]).astype(np.float64)
                          * numpy_helper.to_array(inits[bdq.input[1]]).astype(np.float64)).astype(np.float32)
-                    b_name = f"{node.name}.bias"
+                    taken = {t.name for t in graph.initializer} | {o for n in graph.node for o in n.output}
+                    b_name, k = f"{node.name}.bias_f32", 0
+                    while b_name in taken:
+                        k += 1
+                        b_name = f"{node.name}.bias_f32_{k}"
                     graph.initializer.append(numpy_helper.from_array(b, b_name))
                     node.input[2] = b_name
         for after, cast in new_nodes:

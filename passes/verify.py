@@ -6,7 +6,7 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from bitnas.backends import get_backend, interleaved_timing
 from bitnas.config import StrictModel
@@ -27,8 +27,19 @@ class Verify(Pass):
     """Accuracy on the val split and top-1 parity on every runtime; latency as a ratio to FP32, one run."""
 
     class Config(StrictModel):
-        backends: tuple[Literal["ort", "openvino", "tvm"], ...] = Field(("ort", "openvino", "tvm"),
-                                                                        description="runtimes to run")
+        backends: tuple[str, ...] = Field(("ort", "openvino", "tvm"), min_length=1,
+                                          description="runtimes to run (bitnas.api.BACKENDS that execute ONNX)")
+
+        @field_validator("backends")
+        @classmethod
+        def _runtimes(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+            from bitnas.api import BACKENDS
+
+            for name in v:
+                if name not in BACKENDS or getattr(BACKENDS.get(name), "simulated", False):
+                    runs = [n for n, b in BACKENDS.items() if not getattr(b, "simulated", False)]
+                    raise ValueError(f"'{name}' is not a runtime that executes ONNX (known: {', '.join(runs)})")
+            return v
         threads: int = Field(1, ge=1, description="intra-op threads while timing")
         warmup: int = Field(20, ge=0, description="untimed runs per model")
         repeats: int = Field(300, ge=10, description="timed runs per model (batch 1)")

@@ -1,5 +1,10 @@
-"""Search strategies over the one SearchSpace encoding, the study store and Pareto utilities."""
+"""Search strategies over the one SearchSpace encoding, the study store and Pareto utilities.
 
+Every searcher registers in ``bitnas.api.SEARCHERS``; one that trains on the supernet (EdMIPS) sets
+``needs_supernet`` and is built with ``supernet=``, ``data=``, ``lut=`` and ``reduce_range=``.
+"""
+
+from bitnas.api import SEARCHERS
 from bitnas.searchers.base import Evaluation, Objective, Searcher, Study, run_search
 from bitnas.searchers.bo import BoSearcher
 from bitnas.searchers.edmips import EdmipsSearcher
@@ -9,18 +14,10 @@ from bitnas.searchers.nsga2 import Nsga2Searcher
 from bitnas.searchers.pareto import hypervolume, knee_point, non_dominated
 from bitnas.searchers.random_search import RandomSearcher
 
-SEARCHERS = {
-    "random": RandomSearcher,
-    "nsga2": Nsga2Searcher,
-    "evolution": EvolutionSearcher,
-    "linas": LinasSearcher,
-    "bo": BoSearcher,
-    "edmips": EdmipsSearcher,
-}
+for _name, _cls in (("random", RandomSearcher), ("nsga2", Nsga2Searcher), ("evolution", EvolutionSearcher),
+                    ("linas", LinasSearcher), ("bo", BoSearcher), ("edmips", EdmipsSearcher)):
+    SEARCHERS.register(_name, _cls)
 
-# searchers that train on the supernet and need ``supernet=``, ``data=`` (and ``lut=``) when built
-NEEDS_SUPERNET = frozenset({"edmips"})
-
-__all__ = ["NEEDS_SUPERNET", "SEARCHERS", "BoSearcher", "EdmipsSearcher", "Evaluation", "EvolutionSearcher",
+__all__ = ["SEARCHERS", "BoSearcher", "EdmipsSearcher", "Evaluation", "EvolutionSearcher",
            "LinasSearcher", "Nsga2Searcher", "Objective", "RandomSearcher", "Searcher", "Study", "hypervolume",
            "knee_point", "non_dominated", "run_search"]

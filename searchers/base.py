@@ -14,19 +14,14 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 
+from bitnas.api import Objective
 from bitnas.errors import UserError
 from bitnas.io import atomic_write_json
 from bitnas.space import Candidate, SearchSpace
-
-
-@dataclass(frozen=True)
-class Objective:
-    name: str
-    sense: Literal["min", "max"]
 
 
 def to_minimization(objectives: Sequence[Objective], values: dict[str, float]) -> np.ndarray:
@@ -51,13 +46,15 @@ class Searcher(ABC):
         self.seed = seed
         self.constraints = dict(constraints or {})
         self.cheap = cheap
-        names = {o.name for o in self.objectives}
-        for key in self.constraints:
-            if key not in names:
-                raise UserError(f"constraint on '{key}', which is not an objective ({sorted(names)})")
         if self.constraints and cheap is None:
             raise UserError("constraints need a cheap evaluator (e.g. the LUT) to check candidates before "
                             "their true evaluation")
+        if self.constraints:
+            known = set(cheap(space.smallest()))
+            for key in self.constraints:
+                if key not in known:
+                    raise UserError(f"constraint on '{key}', which the cheap evaluator does not compute "
+                                    f"({sorted(known)})")
 
     def violation(self, candidate: Candidate) -> float:
         """Total relative excess of ``candidate`` over the constraints; 0 when it is feasible."""

@@ -128,6 +128,8 @@ def _interp(x: torch.Tensor, knots: Sequence[tuple[float, float]]) -> torch.Tens
 class EdmipsSearcher(HistorySearcher):
     """EdMIPS bit search on supernet sub-networks; one eta sweep (a small front) per ask."""
 
+    needs_supernet = True
+
     def __init__(self, space: SearchSpace, objectives: Sequence[Objective], seed: int = 0,
                  constraints: Mapping[str, float] | None = None, cheap: CheapFn | None = None,
                  pop_size: int = 20, batch_size: int | None = None, supernet: Any = None, data: Any = None,

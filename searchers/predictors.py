@@ -14,10 +14,9 @@ from typing import Any
 
 import numpy as np
 
+from bitnas.api import PREDICTORS
 from bitnas.errors import ConfigError
 from bitnas.space import Candidate, SearchSpace
-
-PREDICTORS = ("ridge", "svr", "gp", "mlp")
 
 
 def onehot(space: SearchSpace, candidates: Sequence[Candidate]) -> np.ndarray:
@@ -192,12 +191,13 @@ class MlpPredictor(_Scaled):
         return out.astype(np.float64) * self.sd + self.mu
 
 
+for _name, _cls in (("ridge", RidgePredictor), ("svr", SvrPredictor), ("gp", GpPredictor), ("mlp", MlpPredictor)):
+    PREDICTORS.register(_name, _cls)
+
+
 def make_predictor(kind: str, seed: int = 0, **kwargs: Any):
-    """A fresh predictor of ``kind`` (one of ``PREDICTORS``)."""
-    classes = {"ridge": RidgePredictor, "svr": SvrPredictor, "gp": GpPredictor, "mlp": MlpPredictor}
-    if kind not in classes:
-        raise ConfigError(f"unknown predictor '{kind}' (known: {', '.join(PREDICTORS)})")
-    return classes[kind](seed=seed, **kwargs)
+    """A fresh predictor of ``kind`` (a name in ``bitnas.api.PREDICTORS``, or a plug-in ``module:attr``)."""
+    return PREDICTORS.get(kind, "predictor")(seed=seed, **kwargs)
 
 
 def select_by_cv(X: np.ndarray, y: np.ndarray, kinds: Sequence[str] = ("ridge", "svr"), seed: int = 0,

@@ -10,6 +10,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from bitnas.api import DATASETS
 from bitnas.errors import DataError
 
 
@@ -148,14 +149,30 @@ def load_npz(path: str | Path, image_size: int = 32) -> Dataset:
     return _finish(path.stem, xs["x_train"], xs["y_train"], xs["x_val"], xs["y_val"], image_size)
 
 
-def load_dataset(name: str, path: str | None = None, image_size: int = 32, val_fraction: float = 0.2,
-                 seed: int = 0) -> Dataset:
-    if name == "digits":
-        return load_digits(image_size, val_fraction, seed)
+def _digits(path: str | None = None, image_size: int = 32, val_fraction: float = 0.2, seed: int = 0) -> Dataset:
+    return load_digits(image_size, val_fraction, seed)
+
+
+def _needs_path(name: str, path: str | None) -> str:
     if path is None:
         raise DataError(f"data set '{name}' needs a path (data.path)")
-    if name == "cifar10":
-        return load_cifar10(path, image_size)
-    if name == "npz":
-        return load_npz(path, image_size)
-    raise DataError(f"unknown data set '{name}' (known: digits, cifar10, npz)")
+    return path
+
+
+def _cifar10(path: str | None = None, image_size: int = 32, val_fraction: float = 0.2, seed: int = 0) -> Dataset:
+    return load_cifar10(_needs_path("cifar10", path), image_size)
+
+
+def _npz(path: str | None = None, image_size: int = 32, val_fraction: float = 0.2, seed: int = 0) -> Dataset:
+    return load_npz(_needs_path("npz", path), image_size)
+
+
+DATASETS.register("digits", _digits)
+DATASETS.register("cifar10", _cifar10)
+DATASETS.register("npz", _npz)
+
+
+def load_dataset(name: str, path: str | None = None, image_size: int = 32, val_fraction: float = 0.2,
+                 seed: int = 0) -> Dataset:
+    """The registered data set ``name`` (or a plug-in ``module:attr``), loaded with these settings."""
+    return DATASETS.get(name, "data.name")(path=path, image_size=image_size, val_fraction=val_fraction, seed=seed)

@@ -275,6 +275,12 @@ class MBV2Supernet(nn.Module):
     def all_layer_specs(self) -> list[LayerSpec]:
         return all_layer_specs(self.d)
 
+    def fusion_units(self) -> list[tuple[LayerSpec, ...]]:
+        """Every distinct inverted-residual block: the unit ONNX Runtime and OpenVINO fuse."""
+        from bitnas.latency_luts.units import all_blocks
+
+        return all_blocks(self.d)
+
     def extract(self, candidate: Candidate) -> StaticNet:
         """A static sub-network with inherited weights computing what ``forward(x, candidate)`` computes."""
         arch = self._arch(candidate)

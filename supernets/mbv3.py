@@ -4,13 +4,15 @@ Blocks have elastic kernel (centre crop of the largest), expansion (leading chan
 blocks of a stage skipped); stages use ReLU or h-swish and optional squeeze-and-excitation as MobileNetV3
 does. Every quantizable conv owns LSQ weight and BatchQuant input quantizers per bitwidth (``BitQuantizers``);
 ``forward(x, candidate)`` simulates the candidate's policy, and ``extract`` copies the active path, its
-quantizers included, into a static ``StaticNet``.
+quantizers included, into a static ``StaticNet``. A definition with ``qat=False`` (``mbv3-tiny``: INT8 or
+FP32 per layer) has no quantizers: its supernet trains in float and ``extract`` gives the float subnet that
+post-training quantization takes.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
@@ -52,6 +54,7 @@ class MBV3Def:
     stem_channels: int = 16
     stem_stride: int = 2
     head_channels: int = 64
+    qat: bool = True  # False: trained in float and quantized after training (no LSQ/BatchQuant quantizers)
     description: str = ""
 
     def space(self) -> SearchSpace:
@@ -60,6 +63,9 @@ class MBV3Def:
         return SearchSpace(self.name, genes, self.description)
 
     def bit_widths(self) -> set[int]:
+        """The bitwidths the supernet's QAT quantizers cover (none when quantized after training)."""
+        if not self.qat:
+            return set()
         out = set()
         for opts in (self.conv_bits, self.stem_bits, self.head_bits, self.classifier_bits):
             for w, a in opts:
@@ -68,8 +74,6 @@ class MBV3Def:
 
     def with_bits(self, conv_bits: Sequence[Bits]) -> MBV3Def:
         """The same family with other per-conv bit options (e.g. the float stage of training)."""
-        from dataclasses import replace
-
         return replace(self, conv_bits=tuple(conv_bits))
 
 
@@ -85,6 +89,15 @@ def qfa_mbv3_tiny(in_channels: int = 1, image_size: int = 16, num_classes: int =
         stem_channels=8, stem_stride=2, head_channels=48,
         description="QFA MobileNetV3 scaled to 16x16 digits: 3 stages x 2-3 blocks, W/A bits {2,3,4,32}",
     )
+
+
+def mbv3_tiny(in_channels: int = 1, image_size: int = 16, num_classes: int = 10) -> MBV3Def:
+    """``qfa-mbv3-tiny``'s shape with INT8 or FP32 per layer, trained in float and quantized after training."""
+    both = (FLOAT_BITS, (8, 8))
+    return replace(qfa_mbv3_tiny(in_channels, image_size, num_classes), name="mbv3-tiny", conv_bits=both,
+                   stem_bits=both, head_bits=both, classifier_bits=both, qat=False,
+                   description="MobileNetV3 (SE, h-swish) for 16x16 digits: 3 stages x 2-3 blocks, INT8/FP32 "
+                               "per layer, post-training quantization")
 
 
 @dataclass(frozen=True)
@@ -232,9 +245,9 @@ class ElasticSE(nn.Module):
         s = F.hardsigmoid(F.linear(s, self.expand.weight[:c, :r], self.expand.bias[:c]))
         return x * s[:, :, None, None]
 
-    def extract(self, c: int) -> SE:
+    def extract(self, name: str, c: int) -> SE:
         r = se_reduced(c)
-        se = SE(c, r)
+        se = SE(name, c, r)
         with torch.no_grad():
             se.reduce.weight.copy_(self.reduce.weight[:r, :c])
             se.reduce.bias.copy_(self.reduce.bias[:r])
@@ -244,15 +257,16 @@ class ElasticSE(nn.Module):
 
 
 class SE(nn.Module):
-    """Static squeeze-and-excitation."""
+    """Static squeeze-and-excitation (float): GlobalAveragePool, Gemm, Relu, Gemm, HardSigmoid, Mul."""
 
-    def __init__(self, c: int, r: int):
+    def __init__(self, layer_name: str, c: int, r: int):
         super().__init__()
+        self.layer_name = layer_name
         self.reduce = nn.Linear(c, r)
         self.expand = nn.Linear(r, c)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        s = F.relu(self.reduce(x.mean((2, 3))))
+        s = F.relu(self.reduce(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1)))
         return x * F.hardsigmoid(self.expand(s))[:, :, None, None]
 
 
@@ -311,6 +325,8 @@ class MBV3Supernet(nn.Module):
     def forward(self, x: torch.Tensor, candidate: Candidate) -> torch.Tensor:
         arch, pol = self._values(candidate)
         d = self.d
+        if not d.qat:  # quantized after training: the supernet computes the float network
+            pol = {k: FLOAT_BITS for k in pol}
         x = self.stem(x, d.stem_channels, 3, "hswish", pol["stem"])
         for bp in plan(d, arch):
             blk, n = self.blocks[f"s{bp.stage}_b{bp.index}"], f"s{bp.stage}.b{bp.index}"
@@ -326,15 +342,19 @@ class MBV3Supernet(nn.Module):
         x = self.classifier_q.act(x, ab)
         return F.linear(x, self.classifier_q.weight(self.classifier.weight, wb), self.classifier.bias)
 
-    def extract(self, candidate: Candidate, quantizers: bool = True) -> StaticNet:
+    def extract(self, candidate: Candidate, quantizers: bool | None = None) -> StaticNet:
         """A static subnet with inherited weights and quantizers, equal to ``forward(x, candidate)``.
 
         ``quantizers=False`` leaves the LSQ/BatchQuant quantizers out: a float subnet for post-training
-        quantization (``quantize_net``, the INT8 compile path).
+        quantization (``quantize_net``, the INT8 compile path). The default is the definition's: with QAT
+        quantizers when the supernet was trained with them (``qat``), the float subnet otherwise.
         """
         arch, pol = self._values(candidate)
         d = self.d
-        q = quantizers
+        q = d.qat if quantizers is None else quantizers
+        if q and not d.qat:
+            raise InternalError(f"space '{d.name}' is quantized after training: its supernet has no QAT "
+                                "quantizers to extract")
         body: list[nn.Module] = [self.stem.extract("stem", d.in_channels, d.stem_channels, 3, "hswish",
                                                    pol["stem"], q)]
         for bp in plan(d, arch):
@@ -343,7 +363,7 @@ class MBV3Supernet(nn.Module):
                 blk.expand_conv.extract(f"{n}.expand_conv", bp.cin, bp.mid, 1, bp.act, pol[f"{n}.expand_conv"],
                                         q),
                 blk.dw.extract(f"{n}.dw", bp.mid, bp.mid, bp.kernel, bp.act, pol[f"{n}.dw"], q),
-                blk.se.extract(bp.mid) if blk.se is not None else None,
+                blk.se.extract(f"{n}.se", bp.mid) if blk.se is not None else None,
                 blk.project.extract(f"{n}.project", bp.mid, bp.cout, 1, "none", pol[f"{n}.project"], q),
                 bp.residual))
         cin = plan(d, arch)[-1].cout
@@ -372,9 +392,7 @@ class MBV3Supernet(nn.Module):
                             stride=bp.stride, groups=bp.mid, hw=bp.hw, act=bp.act))
             hw = out[-1].out_hw
             if bp.se:
-                out.append(spec(f"{n}.se.reduce", op="linear", cin=bp.mid, cout=se_reduced(bp.mid), hw=hw,
-                                act="relu"))
-                out.append(spec(f"{n}.se.expand", op="dense", cin=se_reduced(bp.mid), cout=bp.mid, hw=1))
+                out.append(spec(f"{n}.se", op="se", cin=bp.mid, cout=se_reduced(bp.mid), hw=hw))
             out.append(spec(f"{n}.project", pol[f"{n}.project"], op="conv", cin=bp.mid, cout=bp.cout, hw=hw,
                             residual=bp.residual))
         cin = plan(d, arch)[-1].cout
@@ -382,3 +400,35 @@ class MBV3Supernet(nn.Module):
         out.append(spec("classifier", pol["classifier"], op="linear", cin=d.head_channels, cout=d.num_classes,
                         hw=hw))
         return out
+
+    def all_layer_specs(self) -> list[LayerSpec]:
+        """Every distinct float LayerSpec any candidate of the space can produce (bits excluded)."""
+        d = self.d
+        seen: dict[str, LayerSpec] = {}
+
+        def add(**kw) -> None:
+            ls = LayerSpec(**kw)
+            seen.setdefault(ls.key, ls)
+
+        add(op="conv", cin=d.in_channels, cout=d.stem_channels, kernel=3, stride=d.stem_stride, hw=d.image_size,
+            act="hswish")
+        hw, cins = _conv_out(d.image_size, 3, d.stem_stride), {d.stem_channels}
+        for st in d.stages:
+            for b in range(max(d.depths)):
+                stride = st.stride if b == 0 else 1
+                out_hw = _conv_out(hw, 3, stride)  # the same for every odd kernel with 'same' padding
+                for cin in cins if b == 0 else {st.width}:
+                    for e in d.expands:
+                        mid = cin * e
+                        add(op="conv", cin=cin, cout=mid, hw=hw, act=st.act)
+                        for k in d.kernels:
+                            add(op="conv", cin=mid, cout=mid, kernel=k, stride=stride, groups=mid, hw=hw, act=st.act)
+                        if st.se:
+                            add(op="se", cin=mid, cout=se_reduced(mid), hw=out_hw)
+                        add(op="conv", cin=mid, cout=st.width, hw=out_hw, residual=stride == 1 and cin == st.width)
+                hw = out_hw
+            cins = {st.width}
+        for cin in cins:
+            add(op="conv", cin=cin, cout=d.head_channels, hw=hw, act="hswish")
+        add(op="linear", cin=d.head_channels, cout=d.num_classes, hw=hw)
+        return list(seen.values())

@@ -194,8 +194,47 @@ class ResNetSupernet(nn.Module):
             out.append(spec(f"{n}.conv2", op="conv", cin=bp.mid, cout=bp.mid, kernel=3, stride=bp.stride, hw=bp.hw,
                             act="relu"))
             hw = out[-1].out_hw
-            out.append(spec(f"{n}.conv3", op="conv", cin=bp.mid, cout=bp.cout, hw=hw, act="relu", residual=True))
+            # Conv, Add (of the shortcut or the block input), Relu
+            out.append(spec(f"{n}.conv3", op="conv", cin=bp.mid, cout=bp.cout, hw=hw, act="relu", residual=True,
+                            act_after_add=True))
             if bp.index == 0:
                 out.append(spec(f"{n}.shortcut", op="conv", cin=bp.cin, cout=bp.cout, stride=bp.stride, hw=bp.hw))
         out.append(spec("classifier", op="linear", cin=bps[-1].cout, cout=d.num_classes, hw=hw))
         return out
+
+    def all_layer_specs(self) -> list[LayerSpec]:
+        """Every distinct float LayerSpec any candidate of the space can produce (bits excluded)."""
+        d = self.d
+        seen: dict[str, LayerSpec] = {}
+
+        def add(**kw) -> None:
+            ls = LayerSpec(**kw)
+            seen.setdefault(ls.key, ls)
+
+        hw = d.image_size
+        stem = [_ch(d.stem_channels, w) for w in d.widths]
+        for w0 in stem:
+            add(op="conv", cin=d.in_channels, cout=w0, kernel=3, hw=hw, act="relu")
+            add(op="conv", cin=w0, cout=w0, kernel=3, hw=hw, act="relu", residual=True)
+            for w1 in stem:
+                add(op="conv", cin=w0, cout=w1, kernel=3, hw=hw, act="relu")
+        cins = set(stem)
+        for s, base in enumerate(d.stage_widths):
+            couts = {_ch(base, w) for w in d.widths}
+            for b in range(d.base_depths[s] + max(d.extra_depths)):
+                stride = d.stage_strides[s] if b == 0 else 1
+                out_hw = (hw - 1) // stride + 1
+                for cout in couts:
+                    for cin in cins if b == 0 else {cout}:
+                        for e in d.expands:
+                            mid = max(1, int(round(cout * e)))
+                            add(op="conv", cin=cin, cout=mid, hw=hw, act="relu")
+                            add(op="conv", cin=mid, cout=mid, kernel=3, stride=stride, hw=hw, act="relu")
+                            add(op="conv", cin=mid, cout=cout, hw=out_hw, act="relu", residual=True, act_after_add=True)
+                        if b == 0:
+                            add(op="conv", cin=cin, cout=cout, stride=stride, hw=hw)
+                hw = out_hw
+            cins = couts
+        for cin in cins:
+            add(op="linear", cin=cin, cout=d.num_classes, hw=hw)
+        return list(seen.values())

@@ -14,6 +14,11 @@ from bitnas.supernets.quant import ActQuant, fake_quant_bias, fake_quant_weight,
 
 _ACTS = {"relu6": lambda x: F.relu6(x), "relu": F.relu, "hswish": F.hardswish, "gelu": F.gelu,
          "none": lambda x: x}
+# activations the static quantizer fuses into the layer: its output is quantized with the range of the
+# activation's output, which clamps exactly as the activation does; after any other activation (h-swish,
+# GELU: HardSigmoid and Mul, Erf, once ONNX Runtime has inlined them) the layer's output is quantized
+# before the activation, which then runs in float
+_FUSED_ACTS = ("none", "relu", "relu6")
 
 
 class QuantUnit(nn.Module):
@@ -41,6 +46,12 @@ class QuantUnit(nn.Module):
 
     def _q_out(self, x: torch.Tensor) -> torch.Tensor:
         return self.out_q(x) if self.out_q is not None else x
+
+    def _act_q(self, y: torch.Tensor) -> torch.Tensor:
+        """The activation and the output quantization, in the order the static quantizer puts them."""
+        if self.act in _FUSED_ACTS:
+            return self._q_out(_ACTS[self.act](y))
+        return _ACTS[self.act](self._q_out(y))
 
     def _quantizing(self) -> bool:
         # activation ranges are calibrated on the float model, as the static quantizer does
@@ -86,9 +97,7 @@ class ConvUnit(QuantUnit):
                      c.groups)
         if self.bn is not None:
             y = self.bn(y)
-        # the quantizer fuses a following ReLU/Clip: the conv output is quantized with the range of the
-        # activation's output, which clamps exactly as the activation does
-        return self._q_out(_ACTS[self.act](y))
+        return self._act_q(y)
 
 
 class LinearUnit(QuantUnit):

@@ -67,8 +67,7 @@ class TokenLinearUnit(QuantUnit):
         x = self._q_in(x.reshape(-1, shape[-1]))
         fc = self.fc
         y = F.linear(x, self._weight(fc.weight), self._bias(fc.bias, fc.weight))
-        y = F.gelu(y) if self.act == "gelu" else y
-        return self._q_out(y).reshape(*shape[:-1], fc.out_features)
+        return self._act_q(y).reshape(*shape[:-1], fc.out_features)
 
 
 def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int, head_dim: int) -> torch.Tensor:
@@ -81,18 +80,31 @@ def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int, head_
     return (att @ split(v)).transpose(1, 2).reshape(b, t, heads * head_dim)
 
 
-class EncoderLayer(nn.Module):
-    """Static pre-norm encoder layer."""
+class Attention(nn.Module):
+    """Scaled dot-product attention of ``heads`` heads (MatMul, Softmax, MatMul; no weights)."""
 
-    def __init__(self, ln1: nn.LayerNorm, q, k, v, o, ln2: nn.LayerNorm, fc1, fc2, heads: int, head_dim: int):
+    def __init__(self, heads: int, head_dim: int):
         super().__init__()
-        self.ln1, self.q, self.k, self.v, self.o = ln1, q, k, v, o
-        self.ln2, self.fc1, self.fc2 = ln2, fc1, fc2
         self.heads, self.head_dim = heads, head_dim
+
+    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        return _attend(q, k, v, self.heads, self.head_dim)
+
+
+class EncoderLayer(nn.Module):
+    """Static pre-norm encoder layer; ``layer_name`` (``l0``) prefixes its LayerNorms and attention in ONNX."""
+
+    def __init__(self, layer_name: str, ln1: nn.LayerNorm, q, k, v, o, ln2: nn.LayerNorm, fc1, fc2, heads: int,
+                 head_dim: int):
+        super().__init__()
+        self.layer_name = layer_name
+        self.ln1, self.q, self.k, self.v, self.o = ln1, q, k, v, o
+        self.attention = Attention(heads, head_dim)
+        self.ln2, self.fc1, self.fc2 = ln2, fc1, fc2
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.ln1(x)
-        x = x + self.o(_attend(self.q(h), self.k(h), self.v(h), self.heads, self.head_dim))
+        x = x + self.o(self.attention(self.q(h), self.k(h), self.v(h)))
         return x + self.fc2(self.fc1(self.ln2(x)))
 
 
@@ -103,14 +115,20 @@ class Tokens(nn.Module):
         super().__init__()
         self.cls = nn.Parameter(cls.detach().clone())
         self.pos = nn.Parameter(pos.detach().clone())
+        self.patches = int(pos.shape[1]) - 1
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x.flatten(2).transpose(1, 2)
-        return torch.cat([self.cls.expand(x.shape[0], -1, -1), x], dim=1) + self.pos
+        # the class token enters as a zero row padded in front plus a constant, the values a Concat would
+        # give: OpenVINO 2026.4's CPU plugin miscomputes an INT8 conv whose output is concatenated with a
+        # float tensor (the patch embedding's tokens with the class token)
+        return F.pad(x, (0, 0, 1, 0)) + (F.pad(self.cls, (0, 0, 0, self.patches)) + self.pos)
 
 
 class ClassHead(nn.Module):
-    """Final LayerNorm and the class token."""
+    """Final LayerNorm (``ln`` in ONNX) and the class token."""
+
+    layer_name = ""
 
     def __init__(self, ln: nn.LayerNorm):
         super().__init__()
@@ -192,7 +210,7 @@ class TransformerSupernet(nn.Module):
             lay, h, f = self.layers_[i], arch[f"l{i}.heads"], arch[f"l{i}.ffn"]
             hd = h * d.head_dim
             body.append(EncoderLayer(
-                _copy_ln(lay.ln1),
+                f"l{i}", _copy_ln(lay.ln1),
                 *(TokenLinearUnit(f"l{i}.{n}", _slice_linear(getattr(lay, n), hd, e)) for n in ("q", "k", "v")),
                 TokenLinearUnit(f"l{i}.o", _slice_linear(lay.o, e, hd)),
                 _copy_ln(lay.ln2),
@@ -204,7 +222,8 @@ class TransformerSupernet(nn.Module):
         return StaticNet(body).eval()
 
     def layers(self, candidate: Candidate) -> list[LayerSpec]:
-        """Patch embedding, per layer Q/K/V, attention, output, FFN, and the classifier, in forward order."""
+        """Patch embedding, per layer LayerNorms, Q/K/V, attention, output and FFN, the final LayerNorm and the
+        classifier, in forward order."""
         c = self.space.validate(candidate)
         arch, pol, d = c.arch_dict, c.policy_dict, self.d
         t, e = d.tokens, d.embed_dim
@@ -217,11 +236,29 @@ class TransformerSupernet(nn.Module):
         for i in range(arch["layers"]):
             h, f = arch[f"l{i}.heads"], arch[f"l{i}.ffn"]
             hd = h * d.head_dim
+            out.append(spec(f"l{i}.ln1", op="layernorm", cin=e, cout=e, hw=t))
             for n in ("q", "k", "v"):
                 out.append(spec(f"l{i}.{n}", pol[f"l{i}.{n}"], op="dense", cin=e, cout=hd, hw=t))
             out.append(spec(f"l{i}.attention", op="attention", cin=hd, cout=hd, groups=h, hw=t))
             out.append(spec(f"l{i}.o", pol[f"l{i}.o"], op="dense", cin=hd, cout=e, hw=t, residual=True))
+            out.append(spec(f"l{i}.ln2", op="layernorm", cin=e, cout=e, hw=t))
             out.append(spec(f"l{i}.fc1", pol[f"l{i}.fc1"], op="dense", cin=e, cout=f, hw=t, act="gelu"))
             out.append(spec(f"l{i}.fc2", pol[f"l{i}.fc2"], op="dense", cin=f, cout=e, hw=t, residual=True))
+        out.append(spec("ln", op="layernorm", cin=e, cout=e, hw=t))
         out.append(spec("classifier", pol["classifier"], op="dense", cin=e, cout=d.num_classes, hw=1))
         return out
+
+    def all_layer_specs(self) -> list[LayerSpec]:
+        """Every distinct float LayerSpec any candidate of the space can produce (bits excluded)."""
+        d = self.d
+        t, e = d.tokens, d.embed_dim
+        specs = [LayerSpec("conv", d.in_channels, e, kernel=d.patch, stride=d.patch, hw=d.image_size),
+                 LayerSpec("layernorm", e, e, hw=t)]
+        for h in d.heads:
+            hd = h * d.head_dim
+            specs += [LayerSpec("dense", e, hd, hw=t), LayerSpec("attention", hd, hd, groups=h, hw=t),
+                      LayerSpec("dense", hd, e, hw=t, residual=True)]
+        for f in d.ffn:
+            specs += [LayerSpec("dense", e, f, hw=t, act="gelu"), LayerSpec("dense", f, e, hw=t, residual=True)]
+        specs.append(LayerSpec("dense", e, d.num_classes, hw=1))
+        return list({s.key: s for s in specs}.values())

@@ -29,21 +29,33 @@ def trained(digits):
     return net
 
 
+QUICK_PASSES = ["ExtractSubnet", "RecalibrateBn", "Qaft", "ExportOnnx", "AssignBitwidths", "IncStaticPtq",
+                "SubByteWeights", {"Verify": {"repeats": 40}}, "Package"]
 QUICK = {
     "seed": 0,
-    "supernet": {"epochs": 4, "n_random": 1},
+    "train": {"epochs": 4, "n_random": 1},
     "lut": {"warmup": 2, "repeats": 10, "rounds": 2},
     "search": {"budget": 16, "pop_size": 8},
-    "compile": {"latency_repeats": 40},
+    "compile": {"passes": QUICK_PASSES},
 }
+
+
+def quick_project(root, **changes):
+    """The default project with small budgets (``changes`` merged into sections), bound to ``root``."""
+    from bitnas.config import validate_config
+    from bitnas.project import Project, ProjectConfig
+
+    data = {k: (dict(v) if isinstance(v, dict) else v) for k, v in QUICK.items()}
+    for key, value in changes.items():
+        if isinstance(value, dict) and isinstance(data.get(key), dict):
+            data[key] = {**data[key], **value}
+        else:
+            data[key] = value
+    return Project(validate_config(ProjectConfig, data, "quick"), root, "quick")
 
 
 @pytest.fixture(scope="session")
 def demo_run(tmp_path_factory):
-    """One quick ``bitnas demo`` run (small budgets); returns (summary, out folder)."""
-    from bitnas.config import DemoConfig, validate_config
-    from bitnas.demo import run_demo
-
+    """One quick end-to-end run of the default project (small budgets); returns (summary, run folder)."""
     out = tmp_path_factory.mktemp("demo")
-    cfg = validate_config(DemoConfig, QUICK, "quick")
-    return run_demo(cfg, out), out
+    return quick_project(out).run_all(), out

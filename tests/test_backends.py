@@ -4,6 +4,7 @@ import numpy as np
 import onnx
 import pytest
 
+from bitnas.api import BACKENDS, TARGETS
 from bitnas.backends import backend_names, get_backend
 from bitnas.backends.base import Measurement
 from bitnas.errors import ArtifactError, UnsupportedBackendError
@@ -11,7 +12,7 @@ from bitnas.fingerprint import cpu_flags
 from bitnas.latency_luts.profiler import input_for, write_unit_model
 from bitnas.space import LayerSpec
 
-EXECUTING = ["ort", "openvino", "tvm"]
+EXECUTING = sorted({t.backend for _, t in TARGETS.items() if not t.simulated})  # the measured targets' runtimes
 BLOCK = [LayerSpec("conv", 8, 24, 1, 1, 1, 8, "relu6"), LayerSpec("conv", 24, 24, 3, 1, 24, 8, "relu6"),
          LayerSpec("conv", 24, 8, 1, 1, 1, 8, "none", residual=True)]
 
@@ -28,7 +29,11 @@ def models(tmp_path_factory):
 
 
 def test_registry_knows_every_target():
-    assert {"ort", "openvino", "tvm", "bitfusion"} <= set(backend_names())
+    assert {"ort", "openvino", "tvm", "bitfusion"} <= set(backend_names()) == set(BACKENDS.names())
+    assert set(EXECUTING) == {"ort", "openvino", "tvm"}
+    for name, target in TARGETS.items():
+        assert target.name == name and target.backend in BACKENDS, name
+        assert set(target.verify_backends) <= set(EXECUTING), name
     with pytest.raises(UnsupportedBackendError, match="unknown backend 'nope'"):
         get_backend("nope")
 

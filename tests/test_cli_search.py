@@ -1,4 +1,5 @@
-"""``bitnas search``: config errors, a real short run on the demo problem, its study, table, plot and resume."""
+"""``bitnas search --project``: config errors, a real short run on a project's problem, its study, table, plot
+and resume."""
 
 import json
 import sqlite3
@@ -11,9 +12,10 @@ from bitnas.cli import main
 
 @pytest.fixture(scope="module")
 def demo_run(tmp_path_factory, trained):
-    """A trained supernet checkpoint and a latency table (as data) in one folder: (None, folder)."""
+    """A trained supernet checkpoint and a latency table of this device (as data) in one folder: (None, folder)."""
     import torch
 
+    from bitnas.api import TARGETS
     from bitnas.latency_luts import LatencyTable
 
     out = tmp_path_factory.mktemp("search_inputs")
@@ -24,13 +26,20 @@ def demo_run(tmp_path_factory, trained):
             sb = spec.with_bits(b)
             entries[sb.key] = {"median_ms": 1e-6 * sb.macs * (0.5 if b == (8, 8) else 1.0) + 0.002,
                                "spec": sb.to_dict()}
-    LatencyTable(target="ort-cpu", fingerprint={}, measurement={"statistic": "median"}, entries=entries,
-                 overhead={"median_ms": 0.002}, space=trained.space.name).save(out / "lut.json")
+    here = TARGETS.get("ort-cpu").make_backend(threads=1).fingerprint()
+    LatencyTable(target="ort-cpu", fingerprint=here, measurement={"statistic": "median", "threads": 1},
+                 entries=entries, overhead={"median_ms": 0.002}, space=trained.space.name).save(out / "lut.json")
     return None, out
 
 
-def _write(tmp_path, cfg, name="c.yaml"):
-    path = tmp_path / name
+def _project(folder, demo=None, **search):
+    """Write ``folder/project.yaml``: the search section ``search``, the checkpoint and LUT of ``demo``."""
+    cfg = {"seed": search.pop("seed", 0), "search": search}
+    if demo is not None:
+        cfg["train"] = {"checkpoint": str(demo / "supernet.pt")}
+        cfg["lut"] = {"path": str(demo / "lut.json")}
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "project.yaml"
     path.write_text(yaml.safe_dump(cfg))
     return path
 
@@ -41,42 +50,46 @@ def _run(capsys, *args):
     return code, captured.out, captured.err
 
 
-@pytest.mark.parametrize("cfg, message", [
-    ({"searcher": "nsga2", "budgett": 3}, "unknown key 'budgett'"),
-    ({"searcher": "annealing"}, "key 'searcher': Value error, unknown searcher 'annealing'"),
-    ({"budget": 0}, "key 'budget'"),
-    ({"constraints": {"accuracy": 0.9}}, "key 'constraints'"),
+@pytest.mark.parametrize("search, message", [
+    ({"searcher": "nsga2", "budgett": 3}, "unknown key 'search.budgett'"),
+    ({"searcher": "annealing"}, "search.searcher: unknown searcher 'annealing'"),
+    ({"budget": 0}, "key 'search.budget'"),
+    ({"constraints": {"accuracy": 0.9}}, "key 'search.constraints.accuracy'"),
+    ({"objectives": ["accuracy", "speed"]}, "search.objectives[1]: unknown objective 'speed'"),
 ])
-def test_bad_config_gets_one_clear_error(tmp_path, capsys, cfg, message):
-    path = _write(tmp_path, cfg)
-    code, _, err = _run(capsys, "search", "--config", str(path), "--out", str(tmp_path / "o"))
+def test_bad_config_gets_one_clear_error(tmp_path, capsys, search, message):
+    path = _project(tmp_path / "o", **search)
+    code, _, err = _run(capsys, "search", "--project", str(path))
     assert code == 2
     assert err.count("error:") == 1 and str(path) in err and message in err
+    assert sorted(p.name for p in path.parent.iterdir()) == ["project.yaml"]  # nothing trained or written
 
 
 def test_missing_checkpoint_and_bad_options_name_the_key(tmp_path, capsys, demo_run):
     _, demo = demo_run
-    path = _write(tmp_path, {"checkpoint": str(tmp_path / "none.pt"), "lut_path": str(demo / "lut.json")})
-    code, _, err = _run(capsys, "search", "--config", str(path), "--out", str(tmp_path / "o"))
+    path = _project(tmp_path / "a", demo)
+    cfg = yaml.safe_load(path.read_text())
+    cfg["train"]["checkpoint"] = str(tmp_path / "none.pt")
+    path.write_text(yaml.safe_dump(cfg))
+    code, _, err = _run(capsys, "search", "--project", str(path))
     assert code == 2 and "checkpoint" in err and "none.pt" in err
-    path = _write(tmp_path, {"checkpoint": str(demo / "supernet.pt"), "lut_path": str(demo / "lut.json"),
-                             "searcher": "linas", "options": {"population": 3}}, "d.yaml")
-    code, _, err = _run(capsys, "search", "--config", str(path), "--out", str(tmp_path / "o"))
-    assert code == 2 and "key 'options'" in err and "population" in err
+    path = _project(tmp_path / "b", demo, searcher="linas", options={"population": 3}, calib_batches=1)
+    code, _, err = _run(capsys, "search", "--project", str(path.parent))
+    assert code == 2 and "key 'search.options'" in err and "population" in err
 
 
 def test_search_writes_study_front_and_plot_then_resumes(tmp_path, capsys, demo_run):
     _, demo = demo_run
-    base = {"searcher": "random", "budget": 6, "seed": 1, "options": {"pop_size": 3},
-            "checkpoint": str(demo / "supernet.pt"), "lut_path": str(demo / "lut.json"), "calib_batches": 1}
+    base = {"searcher": "random", "budget": 6, "seed": 1, "pop_size": 3, "calib_batches": 1}
     out = tmp_path / "out"
-    code, stdout, err = _run(capsys, "search", "--config", str(_write(tmp_path, base)), "--out", str(out), "--json")
+    code, stdout, err = _run(capsys, "search", "--project", str(_project(out, demo, **base)), "--json")
     assert code == 0, err
     summary = json.loads(stdout)
     assert summary["evaluations"] == 6 and 1 <= summary["front_size"] <= 6
     assert 0.0 < summary["hypervolume"] <= 1.0
     assert "hv" in err and "Pareto front" in err
     assert (out / "front.png").stat().st_size > 1000
+    assert len(json.loads((out / "search.json").read_text())["evaluations"]) == 6
     rows = sqlite3.connect(out / "study.sqlite").execute(
         "SELECT id, encoding, objectives, wall_time_s FROM evaluations").fetchall()
     assert len(rows) == 6
@@ -85,24 +98,21 @@ def test_search_writes_study_front_and_plot_then_resumes(tmp_path, capsys, demo_
         assert set(json.loads(obj)) == {"accuracy", "latency_ms", "size_bytes"}
     # a larger budget on the same study resumes: the first six are not paid again
     more = dict(base, budget=9, constraints={"latency_ms": 1e9})
-    code, stdout, err = _run(capsys, "search", "--config", str(_write(tmp_path, more, "m.yaml")), "--out",
-                             str(out), "--json")
+    code, stdout, err = _run(capsys, "search", "--project", str(_project(out, demo, **more)), "--json")
     assert code == 0, err
     assert "resuming study" in err and json.loads(stdout)["evaluations"] == 9
 
 
-def test_constraints_hold_on_the_demo_problem(tmp_path, capsys, demo_run):
+def test_constraints_hold_on_the_project_problem(tmp_path, capsys, demo_run):
     _, demo = demo_run
-    from bitnas.cli_search import SearchRunConfig, build_problem
+    from bitnas.project import Project
 
-    cfg = SearchRunConfig(checkpoint=str(demo / "supernet.pt"), lut_path=str(demo / "lut.json"), calib_batches=1)
-    problem = build_problem(cfg, tmp_path / "p")
+    conf = {"searcher": "nsga2", "budget": 5, "pop_size": 4, "calib_batches": 1}
+    problem = Project.load(_project(tmp_path / "c", demo, **conf)).problem()
     space = problem.supernet.space
     limit = (problem.cheap(space.smallest())["latency_ms"] + problem.cheap(space.largest())["latency_ms"]) / 2
-    conf = {"searcher": "nsga2", "budget": 5, "options": {"pop_size": 4}, "constraints": {"latency_ms": limit},
-            "checkpoint": str(demo / "supernet.pt"), "lut_path": str(demo / "lut.json"), "calib_batches": 1}
-    code, stdout, err = _run(capsys, "search", "--config", str(_write(tmp_path, conf)), "--out",
-                             str(tmp_path / "c"), "--json")
+    path = _project(tmp_path / "c", demo, **conf, constraints={"latency_ms": limit})
+    code, stdout, err = _run(capsys, "search", "--project", str(path), "--json")
     assert code == 0, err
     summary = json.loads(stdout)
     assert summary["constraint_violations"] == [] and all(f["latency_ms"] <= limit for f in summary["front"])

@@ -7,6 +7,7 @@ import onnxruntime as ort
 import pytest
 import torch
 
+from bitnas.api import PASSES
 from bitnas.artifact import Artifact, write_artifact
 from bitnas.errors import ArtifactError, UserError
 from bitnas.fingerprint import has_vnni
@@ -22,7 +23,7 @@ from bitnas.passes import (
 )
 from bitnas.passes.assign_bits import read_layer_bits
 from bitnas.passes.inc_ptq import quantized_nodes, resolve_reduce_range
-from bitnas.pipeline import PASSES, PassContext, Sequential
+from bitnas.pipeline import PassContext, Sequential
 from bitnas.supernets.evaluate import calibration_batches, predictions, prepare_subnet
 from bitnas.supernets.static import fold_bn, quantize_net
 

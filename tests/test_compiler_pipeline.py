@@ -2,16 +2,17 @@
 
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import onnx
 import pytest
 import torch
 
+from bitnas.api import TARGETS
 from bitnas.backends import get_backend
 from bitnas.cache import PassCache
 from bitnas.cli import main
-from bitnas.compile import CompileConfig, build_pipeline
 from bitnas.errors import ConfigError
 from bitnas.gate import Tolerance, compare, load_figures
 from bitnas.passes import (
@@ -139,13 +140,25 @@ def test_ort_engine_quantizes_the_same_nodes_and_agrees_with_inc(trained, digits
     assert (preds["IncStaticPtq"] == preds["OrtStaticPtq"]).mean() >= 0.99
 
 
-def test_compile_config_errors_name_the_pass_and_key():
-    with pytest.raises(ConfigError, match=r"passes\[1\]: unknown pass 'Nope'"):
-        build_pipeline(CompileConfig(passes=("ExtractSubnet", "Nope")), "c.yaml")
-    with pytest.raises(ConfigError, match=r"c.yaml: passes\[0\] Qaft: unknown key 'epoch'"):
-        build_pipeline(CompileConfig(passes=({"Qaft": {"epoch": 2}},)), "c.yaml")
-    with pytest.raises(ConfigError, match=r"passes\[0\] Qaft: key 'epochs'"):
-        build_pipeline(CompileConfig(passes=({"Qaft": {"epochs": -1}},)), "c.yaml")
+def test_compile_config_errors_name_the_pass_and_key(tmp_path):
+    from bitnas.project import Project
+
+    def load(passes):
+        path = tmp_path / "c.yaml"
+        path.write_text(json.dumps({"compile": {"passes": passes}}))
+        return Project.load(path)
+
+    with pytest.raises(ConfigError, match=r"c.yaml: compile.passes\[1\]: unknown pass 'Nope'"):
+        load(["ExtractSubnet", "Nope"])
+    with pytest.raises(ConfigError, match=r"c.yaml: compile.passes\[0\] Qaft: unknown key 'epoch'"):
+        load([{"Qaft": {"epoch": 2}}])
+    with pytest.raises(ConfigError, match=r"compile.passes\[0\] Qaft: key 'epochs'"):
+        load([{"Qaft": {"epochs": -1}}])
+    # a valid list builds each pass with its typed config; Verify runs on the target's runtimes by default
+    pipeline = load(["ExtractSubnet", {"Qaft": {"epochs": 2}}, "Verify"]).pipeline
+    assert [type(p).__name__ for p in pipeline.passes] == ["ExtractSubnet", "Qaft", "Verify"]
+    assert pipeline.passes[1].config.epochs == 2
+    assert tuple(pipeline.passes[2].config.backends) == TARGETS.get("ort-cpu").verify_backends
 
 
 # ------------------------------------------------------------------------------------------------ gate
@@ -207,18 +220,26 @@ def test_gate_input_errors_name_the_file(gated, tmp_path, capsys):
 
 
 def test_compile_command_on_a_demo_folder(demo_run, tmp_path, capsys):
-    """`bitnas compile` on the quick demo's folder; the second run is served from the pass cache."""
-    _, out = demo_run
-    study = tmp_path / "study"
-    shutil.copytree(out, study)
-    assert main(["compile", "--study", str(study), "--out", str(tmp_path / "c")]) == 0
-    man = json.loads((tmp_path / "c" / "artifact" / "manifest.json").read_text())
-    demo_man = json.loads((out / "artifact" / "manifest.json").read_text())
-    assert man["candidate"]["id"] == demo_man["candidate"]["id"]
+    """`bitnas compile --project` on a copy of the quick demo's run folder; the second run is served from the
+    pass cache."""
+    summary, out = demo_run
+    run = tmp_path / "run"
+    shutil.copytree(out, run)
+    assert main(["compile", "--project", str(run), "--out", str(tmp_path / "c")]) == 0
+    man = json.loads((tmp_path / "c" / summary["candidate"] / "manifest.json").read_text())
+    demo_man = json.loads((Path(summary["artifact"]) / "manifest.json").read_text())
+    assert man["candidate"]["id"] == demo_man["candidate"]["id"] == summary["candidate"]
     assert [p["name"] for p in man["passes"]][:3] == ["ExtractSubnet", "RecalibrateBn", "Qaft"]
-    assert main(["compile", "--study", str(study), "--out", str(tmp_path / "c2")]) == 0
+    assert main(["compile", "--project", str(run / "project.yaml"), "--out", str(tmp_path / "c2")]) == 0
     out_text = capsys.readouterr()
     assert "yes" in out_text.err or "yes" in out_text.out
-    assert main(["compile", "--study", str(study), "--pick", "nope", "--out", str(tmp_path / "c3")]) == 2
+    assert (tmp_path / "c2" / summary["candidate"] / "model.onnx").is_file()
+    assert main(["compile", "--project", str(run), "--pick", "nope", "--out", str(tmp_path / "c3")]) == 2
     assert "no candidate with id 'nope'" in capsys.readouterr().err
-    assert main(["compile", "--study", str(tmp_path / "missing"), "--out", str(tmp_path / "c4")]) == 2
+    assert main(["compile", "--project", str(tmp_path / "missing"), "--out", str(tmp_path / "c4")]) == 2
+    assert "project file not found" in capsys.readouterr().err
+    # a candidate file (a manifest, as the CI gate passes) compiles that candidate without a search pick
+    assert main(["compile", "--project", str(run), "--candidate", str(Path(summary["artifact"]) / "manifest.json"),
+                 "--out", str(tmp_path / "c5")]) == 0
+    again = json.loads((tmp_path / "c5" / summary["candidate"] / "manifest.json").read_text())
+    assert again["candidate"] == demo_man["candidate"]

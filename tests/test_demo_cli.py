@@ -2,6 +2,7 @@
 
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -10,10 +11,17 @@ from bitnas.cli import main
 from bitnas.io import sha256_file
 
 
+def _artifact(summary) -> Path:
+    return Path(summary["artifact"])
+
+
 def test_demo_leaves_artifact_search_and_lut(demo_run):
     summary, out = demo_run
-    for name in ("artifact/model.onnx", "artifact/manifest.json", "search.json", "lut.json", "front.png",
-                 "supernet.pt", "study.sqlite"):
+    art = _artifact(summary)
+    assert art.resolve() == (out / "artifacts" / summary["candidate"]).resolve()
+    for name in ("model.onnx", "manifest.json"):
+        assert (art / name).is_file(), name
+    for name in ("project.yaml", "search.json", "lut.json", "front.png", "supernet.pt", "train.json", "study.sqlite"):
         assert (out / name).is_file(), name
     search = json.loads((out / "search.json").read_text())
     evals = search["evaluations"]
@@ -27,7 +35,7 @@ def test_demo_leaves_artifact_search_and_lut(demo_run):
 
 def test_manifest_of_the_demo(demo_run):
     summary, out = demo_run
-    man = json.loads((out / "artifact" / "manifest.json").read_text())
+    man = json.loads((_artifact(summary) / "manifest.json").read_text())
     search = json.loads((out / "search.json").read_text())
     chosen = next(e for e in search["evaluations"] if e["id"] == man["candidate"]["id"])
     assert chosen["on_front"]
@@ -41,7 +49,7 @@ def test_manifest_of_the_demo(demo_run):
             assert m[b][k] > 0
         # a policy with INT8 layers loses little accuracy against the same subnet in float
         assert m[b]["accuracy"] >= m[b]["accuracy_fp32"] - 0.05
-    assert man["files"]["model.onnx"]["sha256"] == sha256_file(out / "artifact" / "model.onnx")
+    assert man["files"]["model.onnx"]["sha256"] == sha256_file(_artifact(summary) / "model.onnx")
 
 
 def _run(capsys, *args):
@@ -51,12 +59,12 @@ def _run(capsys, *args):
 
 
 def test_run_gives_the_same_top1_on_every_runtime(demo_run, digits, tmp_path, capsys):
-    _, out = demo_run
+    summary, _ = demo_run
     x = tmp_path / "val.npy"
     np.save(x, digits.x_val)
     tops = {}
     for backend in ("ort", "openvino", "tvm"):
-        code, stdout, err = _run(capsys, "run", str(out / "artifact"), "--backend", backend, "--input", str(x))
+        code, stdout, err = _run(capsys, "run", str(_artifact(summary)), "--backend", backend, "--input", str(x))
         assert code == 0, err
         result = json.loads(stdout)
         assert result["shape"] == [len(digits.x_val), 10]
@@ -67,18 +75,18 @@ def test_run_gives_the_same_top1_on_every_runtime(demo_run, digits, tmp_path, ca
 
 
 def test_run_one_image_prints_logits(demo_run, digits, tmp_path, capsys):
-    _, out = demo_run
+    summary, _ = demo_run
     x = tmp_path / "one.npy"
     np.save(x, digits.x_val[0])
-    code, stdout, _ = _run(capsys, "run", str(out / "artifact"), "--input", str(x))
+    code, stdout, _ = _run(capsys, "run", str(_artifact(summary)), "--input", str(x))
     result = json.loads(stdout)
     assert code == 0 and len(result["logits"][0]) == 10 and result["top1"][0] == int(np.argmax(result["logits"][0]))
 
 
 def test_run_errors_name_what_is_wrong(demo_run, digits, tmp_path, capsys):
-    _, out = demo_run
+    summary, _ = demo_run
     art = tmp_path / "art"
-    shutil.copytree(out / "artifact", art)
+    shutil.copytree(_artifact(summary), art)
     x = tmp_path / "x.npy"
     np.save(x, digits.x_val[:2])
 
@@ -109,23 +117,20 @@ def test_run_errors_name_what_is_wrong(demo_run, digits, tmp_path, capsys):
 
 
 def test_verify_command(demo_run, capsys):
-    _, out = demo_run
-    code, stdout, _ = _run(capsys, "verify", str(out / "artifact"))
+    summary, _ = demo_run
+    code, stdout, _ = _run(capsys, "verify", str(_artifact(summary)))
     assert code == 0 and "checksums match" in stdout
 
 
 def test_rerun_resumes_everything_without_new_evaluations(demo_run, tmp_path):
-    """A second demo run in the same folder reuses the checkpoint, the LUT and every evaluation."""
-    from bitnas.config import DemoConfig, validate_config
-    from bitnas.demo import run_demo
-    from tests.conftest import QUICK
+    """A second run of the project in the same folder reuses the checkpoint, the LUT and every evaluation."""
+    from tests.conftest import quick_project
 
     summary, out = demo_run
     before = json.loads((out / "search.json").read_text())["evaluations"]
-    lut_sha = sha256_file(out / "lut.json")
-    cfg = validate_config(DemoConfig, QUICK, "quick")
-    again = run_demo(cfg, out)
+    lut_sha, ckpt_sha = sha256_file(out / "lut.json"), sha256_file(out / "supernet.pt")
+    again = quick_project(out).run_all()
     after = json.loads((out / "search.json").read_text())["evaluations"]
-    assert sha256_file(out / "lut.json") == lut_sha
+    assert sha256_file(out / "lut.json") == lut_sha and sha256_file(out / "supernet.pt") == ckpt_sha
     assert [(e["id"], e["wall_time_s"]) for e in after] == [(e["id"], e["wall_time_s"]) for e in before]
-    assert again["candidate"] == summary["candidate"]
+    assert again["candidate"] == summary["candidate"] and again["artifact"] == summary["artifact"]

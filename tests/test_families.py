@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from bitnas.errors import SpaceError
-from bitnas.supernets import build_family, get_space
+from bitnas.errors import ConfigError
+from bitnas.supernets import build_supernet, get_space
 from bitnas.supernets.qat_train import uniform_policy
 
 FAMILIES = [("mbv3", "qfa-mbv3-tiny"), ("resnet", "ofa-resnet-tiny"), ("vit", "vit-tiny")]
@@ -21,7 +22,7 @@ def candidates(space, n_random=3, seed=0):
 def family(request):
     torch.manual_seed(0)
     fam, space = request.param
-    net = build_family(fam, space)
+    net = build_supernet(space, fam, image_size=16)
     # move BatchNorm statistics and the class token away from their initial values
     with torch.no_grad():
         for m in net.modules():
@@ -69,18 +70,18 @@ def test_static_subnet_exports_to_onnx_and_matches_on_ort(family, tmp_path):
 
 
 def test_mbv3_has_se_and_hswish_where_mobilenetv3_puts_them():
-    net = build_family("mbv3", "qfa-mbv3-tiny")
+    net = build_supernet("qfa-mbv3-tiny", "mbv3", image_size=16)
     specs = net.layers(net.space.largest())
     assert specs[0].act == "hswish"
     assert {s.act for s in specs if s.name.startswith("s0.") and s.op == "conv"} == {"relu", "none"}
-    assert any(s.name.startswith("s1.") and s.name.endswith("se.reduce") for s in specs)
-    assert not any(s.name.startswith("s0.") and ".se." in s.name for s in specs)
+    assert any(s.name.startswith("s1.") and s.name.endswith(".se") and s.op == "se" for s in specs)
+    assert not any(s.name.startswith("s0.") and s.op == "se" for s in specs)
     dw = [s for s in specs if s.name == "s0.b0.dw"][0]
     assert dw.kernel == 5 and dw.groups == dw.cin
 
 
 def test_elastic_kernel_is_the_centre_crop_and_width_the_leading_channels():
-    net = build_family("mbv3", "qfa-mbv3-tiny")
+    net = build_supernet("qfa-mbv3-tiny", "mbv3", image_size=16)
     arch = net.space.smallest().arch_dict
     c = net.space.make({**arch, "s0.b0.kernel": 3}, None)
     static = net.extract(c)
@@ -90,7 +91,7 @@ def test_elastic_kernel_is_the_centre_crop_and_width_the_leading_channels():
 
 
 def test_transformer_layers_report_heads_tokens_and_attention():
-    net = build_family("vit", "vit-tiny")
+    net = build_supernet("vit-tiny", "vit", image_size=16)
     c = net.space.make({"layers": 2, "l0.heads": 2, "l0.ffn": 32, "l1.heads": 4, "l1.ffn": 64}, None)
     specs = {s.name: s for s in net.layers(c)}
     assert specs["l0.q"].op == "dense" and specs["l0.q"].cout == 16 and specs["l0.q"].hw == 17
@@ -100,8 +101,10 @@ def test_transformer_layers_report_heads_tokens_and_attention():
 
 
 def test_unknown_family_or_space_is_one_clear_error():
-    with pytest.raises(SpaceError, match="unknown family 'lstm'"):
-        build_family("lstm", "x")
-    with pytest.raises(SpaceError, match="paper spaces are for search only"):
-        build_family("vit", "simq-vit")
+    with pytest.raises(ConfigError, match="unknown family 'lstm'"):
+        build_supernet("x", "lstm", image_size=16)
+    with pytest.raises(SpaceError, match="family 'vit' has no space 'simq-vit'"):
+        build_supernet("simq-vit", "vit", image_size=16)
+    with pytest.raises(SpaceError, match="paper-scale space for search only"):
+        build_supernet("simq-vit")
     assert get_space("vit-tiny").cardinality()["arch_cardinality"] == 4 ** 2 * (1 + 4)

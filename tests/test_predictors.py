@@ -3,9 +3,9 @@
 import numpy as np
 import pytest
 
+from bitnas.api import PREDICTORS
 from bitnas.errors import ConfigError
 from bitnas.searchers.predictors import (
-    PREDICTORS,
     make_predictor,
     metrics,
     onehot,
@@ -49,7 +49,7 @@ def test_onehot_columns_partition_the_encoding():
     assert onehot(SPACE, [SPACE.largest()]).shape == (1, SPACE.onehot_size)
 
 
-@pytest.mark.parametrize("kind", PREDICTORS)
+@pytest.mark.parametrize("kind", PREDICTORS.names())
 def test_each_predictor_ranks_held_out_candidates(kind):
     _, X, y = problem(120, 0)
     _, Xt, yt = problem(50, 1)

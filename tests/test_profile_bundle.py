@@ -148,9 +148,10 @@ def test_bundle_carries_calibration_subnets_and_the_import_fits_them(tmp_path):
 
 def test_too_few_calibration_subnets_in_a_bundle_name_the_bundle(tmp_path):
     from bitnas.latency_luts.validate import calibration_networks
+    from bitnas.supernets import build_supernet
 
     items = layer_items(list(BLOCK), [(32, 32)])
-    nets = calibration_networks("mbv2-tiny", 2, tmp_path / "nets", reduce_range=False)
+    nets = calibration_networks(build_supernet("mbv2-tiny").eval(), 2, tmp_path / "nets", reduce_range=False)
     path = tmp_path / "few.zip"
     export_bundle(items, path, False, {"warmup": 1, "repeats": 4, "rounds": 2, "chunk": 8, "statistic": "p10"},
                   "mbv2-tiny", networks=nets)

@@ -11,7 +11,7 @@ from bitnas.errors import LutError
 from bitnas.latency_luts import LatencyTable
 from bitnas.latency_luts.lut import CALIBRATION_FEATURES, block_key, group_units
 from bitnas.latency_luts.profiler import layer_items, measure_items, profile
-from bitnas.latency_luts.units import all_blocks, space_layers
+from bitnas.latency_luts.units import all_blocks
 from bitnas.space import LayerSpec
 
 BLOCKS = [
@@ -130,8 +130,9 @@ def test_shipped_luts_load_and_cover_the_space():
     from pathlib import Path
 
     import bitnas.latency_luts as pkg
+    from bitnas.supernets import build_supernet
 
-    _, specs, _ = space_layers("mbv2-tiny")
+    specs = build_supernet("mbv2-tiny").all_layer_specs()
     for target in ("ort-cpu", "openvino-cpu"):
         path = Path(pkg.__file__).with_name(f"{target}_mbv2-tiny.json")
         lut = LatencyTable.load(path)

@@ -1,4 +1,4 @@
-"""Mixed-precision supernet training: LSQ and BatchQuant quantizers, resumable training, CLI, ViT compile."""
+"""Mixed-precision supernet training: LSQ and BatchQuant quantizers, resumable training, ``bitnas train``, ViT compile."""
 
 import json
 import math
@@ -6,9 +6,11 @@ import math
 import numpy as np
 import pytest
 import torch
+import yaml
 
 from bitnas.cli import main
-from bitnas.supernets import build_family
+from bitnas.io import sha256_file
+from bitnas.supernets import build_supernet
 from bitnas.supernets.data import Dataset, load_digits
 from bitnas.supernets.qat import BatchQuant, LSQWeight, calibrate
 from bitnas.supernets.qat_train import default_schedule, restrict, train_qat_supernet, uniform_policy
@@ -66,7 +68,7 @@ def test_batchquant_uses_eq8_batch_extremes_and_residuals_start_at_identity():
 
 
 def test_restricted_policies_follow_the_bit_schedule():
-    net = build_family("mbv3", "qfa-mbv3-tiny")
+    net = build_supernet("qfa-mbv3-tiny", "mbv3", image_size=16)
     sp = net.space
     rng = np.random.default_rng(0)
     assert default_schedule(sp, 9, 3) == [(3, (32,)), (2, (2, 3, 4, 32)), (4, (2, 3, 4))]
@@ -85,7 +87,7 @@ def test_killed_mid_epoch_resumes_to_the_same_result(digits16, tmp_path):
 
     def run(ckpt, kill_at=None):
         torch.manual_seed(123)
-        net = build_family("mbv3", "qfa-mbv3-tiny")
+        net = build_supernet("qfa-mbv3-tiny", "mbv3", image_size=16)
 
         def on_step(epoch, step, steps, loss):
             if kill_at is not None and (epoch, step) == kill_at:
@@ -107,7 +109,7 @@ def test_killed_mid_epoch_resumes_to_the_same_result(digits16, tmp_path):
 
 
 def test_bq_calibration_and_bn_recalibration_run_on_the_extracted_subnet(digits16):
-    net = build_family("mbv3", "qfa-mbv3-tiny")
+    net = build_supernet("qfa-mbv3-tiny", "mbv3", image_size=16)
     c = uniform_policy(net.space, net.space.smallest(), 4)
     static = net.extract(c)
     batches = [torch.from_numpy(digits16.x_train[i:i + 32]) for i in range(0, 96, 32)]
@@ -119,34 +121,47 @@ def test_bq_calibration_and_bn_recalibration_run_on_the_extracted_subnet(digits1
     assert not any(m.training for m in static.modules())
 
 
+def _project(folder, **sections):
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "project.yaml").write_text(yaml.safe_dump(sections))
+    return folder
+
+
 @pytest.fixture(scope="module")
-def vit_ckpt(tmp_path_factory):
-    out = tmp_path_factory.mktemp("vit") / "vit.pt"
-    assert main(["train-supernet", "--family", "vit", "--space", "vit-tiny", "--data", "digits", "--epochs", "4",
-                 "--batch-size", "32", "--n-random", "0", "--out", str(out)]) == 0
-    return out
+def vit_run(tmp_path_factory):
+    """A run folder whose project trains the vit family on 16x16 digits (``bitnas train --project``)."""
+    run = _project(tmp_path_factory.mktemp("vit"), family={"name": "vit", "space": "vit-tiny"},
+                   data={"name": "digits", "image_size": 16}, train={"epochs": 4, "batch_size": 32, "n_random": 0})
+    assert main(["train", "--project", str(run)]) == 0
+    return run
 
 
-def test_cli_trains_the_vit_family_with_checkpoint_history_and_plot(vit_ckpt, capsys):
-    hist = json.loads(vit_ckpt.with_suffix(".json").read_text())
+def test_cli_trains_the_vit_family_with_checkpoint_and_history(vit_run, capsys):
+    capsys.readouterr()
+    hist = json.loads((vit_run / "train.json").read_text())
     assert [h["epoch"] for h in hist["history"]] == [1, 2, 3, 4]
     assert hist["history"][-1]["acc_largest"] > 0.6  # 10 classes: chance is 0.1
-    assert vit_ckpt.with_suffix(".png").read_bytes()[:4] == b"\x89PNG"
-    state = torch.load(vit_ckpt, weights_only=True)
-    assert state["epoch"] == 4
+    ckpt = vit_run / "supernet.pt"
+    state = torch.load(ckpt, weights_only=True)
+    assert state["epoch"] == 4 and state["fingerprint"] == hist["fingerprint"]
+    before = sha256_file(ckpt)
     # rerunning resumes from the finished checkpoint instead of training again
-    assert main(["train-supernet", "--family", "vit", "--space", "vit-tiny", "--epochs", "4", "--batch-size", "32",
-                 "--n-random", "0", "--out", str(vit_ckpt)]) == 0
-    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["final"] == hist["history"][-1]
+    assert main(["train", "--project", str(vit_run / "project.yaml")]) == 0
+    printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert printed == {"checkpoint": str(ckpt), "fingerprint": hist["fingerprint"]}
+    assert sha256_file(ckpt) == before
+    assert json.loads((vit_run / "train.json").read_text())["history"] == hist["history"]
 
 
 def test_cli_rejects_a_bad_family_with_one_error(tmp_path, capsys):
-    assert main(["train-supernet", "--family", "gru", "--space", "x", "--epochs", "1",
-                 "--out", str(tmp_path / "x.pt")]) == 2
-    assert "unknown family 'gru'" in capsys.readouterr().err
+    run = _project(tmp_path / "run", family={"name": "gru", "space": "x"}, train={"epochs": 1})
+    assert main(["train", "--project", str(run)]) == 2
+    err = capsys.readouterr().err
+    assert "unknown family 'gru'" in err and err.count("error:") == 1
+    assert not (run / "supernet.pt").exists()
 
 
-def test_vit_subnet_compiles_through_the_int8_path(vit_ckpt, tmp_path):
+def test_vit_subnet_compiles_through_the_int8_path(vit_run, tmp_path):
     import onnx
 
     from bitnas.passes import AssignBitwidths, ExportOnnx, ExtractSubnet, IncStaticPtq, RecalibrateBn, Verify
@@ -154,8 +169,8 @@ def test_vit_subnet_compiles_through_the_int8_path(vit_ckpt, tmp_path):
     from bitnas.pipeline import PassContext, Sequential
 
     data = load_digits(image_size=16)
-    net = build_family("vit", "vit-tiny", in_channels=1, image_size=16, num_classes=10)
-    net.load_state_dict(torch.load(vit_ckpt, weights_only=True)["model"])
+    net = build_supernet("vit-tiny", "vit", in_channels=1, image_size=16, num_classes=10)
+    net.load_state_dict(torch.load(vit_run / "supernet.pt", weights_only=True)["model"])
     c = net.space.largest()
     names = [s.name for s in net.layers(c) if s.name in c.policy_dict]
     c = net.space.make(c.arch_dict, {n: ((8, 8) if i % 3 else (32, 32)) for i, n in enumerate(names)})

@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 import torch
 
+from bitnas.api import SEARCHERS, Objective
 from bitnas.errors import UserError
-from bitnas.searchers import NEEDS_SUPERNET, SEARCHERS, Objective, Study, run_search
+from bitnas.searchers import Study, run_search
 from bitnas.space import Candidate
 from bitnas.supernets import build_supernet, get_space
 
@@ -45,7 +46,7 @@ def tiny(digits):
 
 def make(name, tiny, seed=0, constraints=None):
     kw = dict(FAST[name])
-    if name in NEEDS_SUPERNET:
+    if getattr(SEARCHERS[name], "needs_supernet", False):
         kw.update(supernet=tiny[0], data=tiny[1])
     return SEARCHERS[name](SPACE, OBJ, seed=seed, constraints=constraints, cheap=cheap, **kw)
 
@@ -63,7 +64,7 @@ def run(tmp_path, name, tiny, budget, seed=0, tag="a", calls=None, constraints=N
         study.close()
 
 
-ALL = sorted(SEARCHERS)
+ALL = SEARCHERS.names()
 
 
 def test_every_searcher_is_in_this_suite():
