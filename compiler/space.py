@@ -114,7 +114,8 @@ class LayerSpec:
 
     Each op is one pattern of the exported ONNX graph, and the profiler builds exactly that pattern:
 
-    - ``conv``: Conv (BatchNorm folded) on an NCHW map of ``hw`` x ``hw``, then the activation ``act``, then
+    - ``conv``: Conv (BatchNorm folded, padding ``k // 2`` for odd kernels, none for even ones) on an NCHW map
+      of ``hw`` x ``hw``, then the activation ``act``, then
       (``residual``) an Add of the block input. With ``act_after_add`` the Add comes before the activation
       (ResNet's bottleneck: Conv, Add, Relu).
     - ``linear``: GlobalAveragePool of an ``hw`` x ``hw`` map, Flatten, Gemm (optional ``act``).
@@ -161,7 +162,12 @@ class LayerSpec:
             return 1
         if self.op in ("dense", "attention", "se", "layernorm"):
             return self.hw
-        return (self.hw + 2 * (self.kernel // 2) - self.kernel) // self.stride + 1
+        return (self.hw + 2 * self.padding - self.kernel) // self.stride + 1
+
+    @property
+    def padding(self) -> int:
+        """Conv padding: 'same' (k // 2) for odd kernels; none for even ones (patch embeddings, k == stride)."""
+        return self.kernel // 2 if self.kernel % 2 else 0
 
     @property
     def weight_count(self) -> int:

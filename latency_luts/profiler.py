@@ -182,7 +182,7 @@ def _conv(u: _Unit, spec: LayerSpec, x: str, node: str, prefix: str, skip: str |
     fan_in = spec.cin // spec.groups * spec.kernel * spec.kernel
     w = u.rng.normal(0, np.sqrt(2.0 / fan_in), (spec.cout, spec.cin // spec.groups, spec.kernel, spec.kernel))
     b = u.rng.normal(0, 0.1, spec.cout)
-    p = spec.kernel // 2
+    p = spec.padding
     y = u.node("Conv", [x, u.init(f"{prefix}W", w), u.init(f"{prefix}B", b)], node,
                kernel_shape=[spec.kernel] * 2, strides=[spec.stride] * 2, pads=[p] * 4, group=spec.groups)
     return u.act_and_add(spec, y, prefix, skip)

@@ -1,0 +1,50 @@
+"""Every built-in family through the CLI on tiny digits data: train, profile (ONNX Runtime), search,
+compile, verify and gate; the artifact agrees with the simulated-quantization subnet the search scored."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import yaml
+
+from bitnas.api import FAMILIES
+from bitnas.cli import main
+
+# one INT8/FP32 space per family (the spaces a CPU target executes), at the size its definition is made for
+SPACES = {"mbv2": ("mbv2-tiny", 32), "mbv3": ("mbv3-tiny", 16), "resnet": ("ofa-resnet-tiny", 16),
+          "vit": ("vit-tiny", 16)}
+
+
+def test_every_builtin_family_has_a_cpu_space():
+    assert set(SPACES) == set(FAMILIES.names())
+    for fam, (space, _) in SPACES.items():
+        assert space in FAMILIES.get(fam).spaces()
+
+
+@pytest.mark.parametrize("family", sorted(SPACES))
+def test_family_end_to_end_through_the_cli(family, tmp_path, capsys):
+    space, size = SPACES[family]
+    run = tmp_path / family
+    assert main(["init", str(run), "--family", family, "--space", space, "--image-size", str(size)]) == 0
+    cfg = yaml.safe_load((run / "project.yaml").read_text())
+    cfg["train"].update({"epochs": 6, "n_random": 1})
+    cfg["search"].update({"searcher": "random", "budget": 5, "pop_size": 5, "calib_batches": 2})
+    cfg["compile"]["passes"] = ["ExtractSubnet", {"RecalibrateBn": {"batches": 2}}, "ExportOnnx", "AssignBitwidths",
+                                {"IncStaticPtq": {"calibration_batches": 2}},
+                                {"Verify": {"backends": ["ort", "openvino"], "repeats": 20}}, "Package"]
+    (run / "project.yaml").write_text(yaml.safe_dump(cfg))
+    assert main(["train", "--project", str(run)]) == 0
+    assert main(["profile", "--project", str(run), "--no-blocks", "--repeats", "5", "--rounds", "1",
+                 "--warmup", "1"]) == 0
+    assert main(["search", "--project", str(run)]) == 0
+    assert main(["compile", "--project", str(run)]) == 0
+    capsys.readouterr()
+    (art,) = list((run / "artifacts").iterdir())
+    man = json.loads((art / "manifest.json").read_text())
+    assert man["family"] == {"name": family, "space": space}
+    assert any(b[0] == 8 for b in man["candidate"]["policy"].values()), "the knee has no INT8 layer"
+    for b in ("ort", "openvino"):
+        assert man["measured"][b]["top1_agreement_vs_fakequant"] >= 0.99, (b, man["measured"][b])
+    assert main(["verify", str(art)]) == 0
+    assert main(["gate", "--baseline", str(art / "manifest.json"), "--current", str(art / "manifest.json")]) == 0
