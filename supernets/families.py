@@ -192,27 +192,3 @@ def load_checkpoint(supernet: Any, path: Path, space: str, shape: tuple[int, int
                         f"({first[0] if first else exc})") from None
     supernet.eval()
     return state
-
-
-def _register_builtins() -> None:
-    from bitnas.supernets.mbv2 import MBV2Supernet, mbv2_tiny
-    from bitnas.supernets.mbv3 import MBV3Supernet, qfa_mbv3_tiny
-    from bitnas.supernets.resnet import ResNetSupernet, ofa_resnet_tiny
-    from bitnas.supernets.transformer import TransformerSupernet, vit_tiny
-
-    register_family(BuiltinFamily("mbv2", MBV2Supernet, {"mbv2-tiny": mbv2_tiny}, sandwich_train,
-                                  "elastic MobileNetV2 (once-for-all, APQ)"))
-    mbv3_spaces: dict[str, Callable[..., Any]] = {"qfa-mbv3-tiny": qfa_mbv3_tiny}
-    from bitnas.supernets import mbv3 as _mbv3
-
-    if hasattr(_mbv3, "mbv3_tiny"):
-        mbv3_spaces["mbv3-tiny"] = _mbv3.mbv3_tiny
-    register_family(BuiltinFamily("mbv3", MBV3Supernet, mbv3_spaces, qat_train,
-                                  "elastic MobileNetV3 with SE and h-swish (QFA)"))
-    register_family(BuiltinFamily("resnet", ResNetSupernet, {"ofa-resnet-tiny": ofa_resnet_tiny}, qat_train,
-                                  "elastic bottleneck ResNet (OFA-ResNet)"))
-    register_family(BuiltinFamily("vit", TransformerSupernet, {"vit-tiny": vit_tiny}, qat_train,
-                                  "elastic ViT (SimQ-NAS)", {"default_optimizer": "adamw"}))
-
-
-_register_builtins()

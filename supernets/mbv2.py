@@ -329,3 +329,12 @@ def mbv2_tiny(in_channels: int = 1, image_size: int = 32, num_classes: int = 10,
         ),
     )
 
+
+def _register() -> None:
+    from bitnas.supernets.families import BuiltinFamily, register_family, sandwich_train
+
+    register_family(BuiltinFamily("mbv2", MBV2Supernet, {"mbv2-tiny": mbv2_tiny}, sandwich_train,
+                                  "elastic MobileNetV2 (once-for-all, APQ)"))
+
+
+_register()

@@ -432,3 +432,13 @@ class MBV3Supernet(nn.Module):
             add(op="conv", cin=cin, cout=d.head_channels, hw=hw, act="hswish")
         add(op="linear", cin=d.head_channels, cout=d.num_classes, hw=hw)
         return list(seen.values())
+
+
+def _register() -> None:
+    from bitnas.supernets.families import BuiltinFamily, qat_train, register_family
+
+    register_family(BuiltinFamily("mbv3", MBV3Supernet, {"qfa-mbv3-tiny": qfa_mbv3_tiny, "mbv3-tiny": mbv3_tiny},
+                                  qat_train, "elastic MobileNetV3 with SE and h-swish (QFA)"))
+
+
+_register()

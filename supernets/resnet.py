@@ -238,3 +238,13 @@ class ResNetSupernet(nn.Module):
         for cin in cins:
             add(op="linear", cin=cin, cout=d.num_classes, hw=hw)
         return list(seen.values())
+
+
+def _register() -> None:
+    from bitnas.supernets.families import BuiltinFamily, qat_train, register_family
+
+    register_family(BuiltinFamily("resnet", ResNetSupernet, {"ofa-resnet-tiny": ofa_resnet_tiny}, qat_train,
+                                  "elastic bottleneck ResNet (OFA-ResNet)"))
+
+
+_register()

@@ -262,3 +262,13 @@ class TransformerSupernet(nn.Module):
             specs += [LayerSpec("dense", e, f, hw=t, act="gelu"), LayerSpec("dense", f, e, hw=t, residual=True)]
         specs.append(LayerSpec("dense", e, d.num_classes, hw=1))
         return list({s.key: s for s in specs}.values())
+
+
+def _register() -> None:
+    from bitnas.supernets.families import BuiltinFamily, qat_train, register_family
+
+    register_family(BuiltinFamily("vit", TransformerSupernet, {"vit-tiny": vit_tiny}, qat_train,
+                                  "elastic ViT (SimQ-NAS)", {"default_optimizer": "adamw"}))
+
+
+_register()

@@ -5,8 +5,7 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from bitnas.errors import SpaceError
-from bitnas.errors import ConfigError
+from bitnas.errors import ConfigError, SpaceError
 from bitnas.supernets import build_supernet, get_space
 from bitnas.supernets.qat_train import uniform_policy
 

@@ -1,0 +1,72 @@
+"""LUT fidelity of every built-in family's CPU space: profile, calibrate, then ``bitnas lut validate``.
+
+For each family's INT8/FP32 space at its digits shape and each target (ONNX Runtime, OpenVINO), the
+space is profiled into a fresh LUT (every distinct layer, FP32 and INT8; MobileNetV2 also its
+inverted-residual blocks), the network-level correction is fitted on ``--calibrate`` subnets, and 50
+other subnets across the space's latency range are measured end to end against the prediction (MAPE,
+Kendall tau, share within 10%, and the measurement's own repeatability from two halves of the rounds).
+Run it on an idle machine: it times things.
+
+    python benchmarks/family_lut_fidelity.py --out benchmarks/results [--targets ort-cpu openvino-cpu]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+from lut_fidelity import run  # the same subprocess runner (benchmarks/ is on the path of a script run)
+
+SPACES = {"mbv2": ("mbv2-tiny", 32), "mbv3": ("mbv3-tiny", 16), "resnet": ("ofa-resnet-tiny", 16),
+          "vit": ("vit-tiny", 16)}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", default="benchmarks/results")
+    ap.add_argument("--targets", nargs="+", default=["ort-cpu", "openvino-cpu"])
+    ap.add_argument("--families", nargs="+", default=sorted(SPACES))
+    ap.add_argument("--samples", type=int, default=50)
+    ap.add_argument("--calibrate", type=int, default=40)
+    ap.add_argument("--note", default="")
+    args = ap.parse_args()
+    out = Path(args.out)
+    work = out / "family_luts"
+    work.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for target in args.targets:
+        for fam in args.families:
+            space, size = SPACES[fam]
+            lut = work / f"{target}_{space}.json"
+            shape = ["--space", space, "--family", fam, "--image-size", str(size)]
+            t0 = time.perf_counter()
+            run(["bitnas", "profile", "--target", target, *shape, "--out", str(lut), "--statistic", "p10",
+                 "--calibrate", str(args.calibrate)])
+            profile_s = time.perf_counter() - t0
+            report = json.loads(run(["bitnas", "lut", "validate", "--lut", str(lut), *shape, "--samples",
+                                     str(args.samples), "--plot", str(work / f"{target}_{space}.validate.png"),
+                                     "--json"]))
+            rows.append({"target": target, "family": fam, "space": space, "input": [1, 1, size, size],
+                         "profile_and_calibrate_s": round(profile_s, 1), "entries": len(json.loads(lut.read_text())
+                                                                                        ["entries"]),
+                         **{k: report[k] for k in ("samples", "mape", "kendall_tau", "within_10pct", "statistic",
+                                                   "threads", "repeatability", "measured_range_ms",
+                                                   "layer_sum_only", "units_without_calibration")}})
+            r = rows[-1]
+            print(f"{target} {space}: MAPE {r['mape']:.1f}% tau {r['kendall_tau']:.3f} within10 "
+                  f"{r['within_10pct']:.2f} (repeatability tau {r['repeatability']['kendall_tau']:.3f})", flush=True)
+    summary = {"command": " ".join([os.path.basename(sys.argv[0]), *sys.argv[1:]]), "note": args.note,
+               "loadavg_at_end": os.getloadavg()[0], "goal": {"within_10pct": 0.95, "kendall_tau": 0.9},
+               "rows": rows}
+    (out / "family_lut_fidelity.json").write_text(json.dumps(summary, indent=2) + "\n")
+    print(json.dumps([{k: r[k] for k in ("target", "space", "mape", "kendall_tau", "within_10pct")} for r in rows],
+                     indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
