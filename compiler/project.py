@@ -299,6 +299,7 @@ class Project:
         from bitnas.io import sha256_file
         from bitnas.supernets.families import TrainSettings, input_shape, load_checkpoint
 
+        torch.manual_seed(self.cfg.seed)  # the initial weights: training is deterministic for a seed
         net = self.build_supernet()
         self.check_space_bits(net.space)
         shape = input_shape(net)
@@ -308,7 +309,6 @@ class Project:
             state = load_checkpoint(net, path, net.space.name, shape)
             self._supernet_fp = str(state.get("fingerprint") or sha256_file(path)[:16])
         else:
-            torch.manual_seed(self.cfg.seed)
             settings = TrainSettings(epochs=t.epochs, batch_size=t.batch_size, lr=t.lr, n_random=t.n_random,
                                      distill=t.distill, optimizer=t.optimizer, float_epochs=t.float_epochs,
                                      stage1_epochs=t.stage1_epochs, seed=self.cfg.seed)
