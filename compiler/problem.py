@@ -25,16 +25,20 @@ def problem_id(parts: dict[str, Any]) -> dict[str, Any]:
     return parts
 
 
-def extreme_candidates(space: SearchSpace) -> tuple[Candidate, Candidate]:
-    """The smallest architecture at every layer's narrowest bits, and the largest at its widest."""
+def extreme_candidates(space: SearchSpace) -> tuple[list[Candidate], list[Candidate]]:
+    """The smallest architecture at its narrowest bits and at every uniform bit option the whole policy
+    offers, and the largest architecture likewise at its widest: where the cheap objectives' extremes lie
+    (narrower bits are not always faster: an INT8 layer can be slower than its float twin)."""
     def bits_key(b):
         return b[0] * b[1]
 
-    small = space.smallest()
-    big = space.largest()
+    small, big = space.smallest(), space.largest()
     lo = {g.name: min(g.options, key=bits_key) for g in space.policy_genes}
     hi = {g.name: max(g.options, key=bits_key) for g in space.policy_genes}
-    return space.make(small.arch_dict, lo), space.make(big.arch_dict, hi)
+    common = set.intersection(*(set(g.options) for g in space.policy_genes)) if space.policy_genes else set()
+    smalls = [space.make(small.arch_dict, lo)] + [space.smallest(b) for b in sorted(common)]
+    bigs = [space.make(big.arch_dict, hi)] + [space.largest(b) for b in sorted(common)]
+    return smalls, bigs
 
 
 @dataclass
@@ -100,14 +104,17 @@ class Problem:
         A cheap objective's ideal is 0.9x its value at the smallest, narrowest candidate, its reference
         1.05x the value at the largest, widest one; accuracy runs from 1 (ideal) to ``accuracy_reference``.
         """
-        small, big = (self.cheap(c) for c in extreme_candidates(self.space))
+        smalls, bigs = extreme_candidates(self.space)
+        small = [self.cheap(c) for c in smalls]
+        big = [self.cheap(c) for c in bigs]
         ideal, ref = [], []
         for o in self.objectives:
             if not o.cheap:
                 ideal.append(-1.0)
                 ref.append(-self.accuracy_reference)
                 continue
-            lo, hi = sorted((small[o.name], big[o.name]))
+            values = [v[o.name] for v in small + big]
+            lo, hi = min(values), max(values)
             if o.sense == "min":
                 ideal.append(lo * 0.9)
                 ref.append(hi * 1.05 if hi > 0 else hi * 0.95 + 1e-12)
@@ -123,4 +130,6 @@ def normalized_hv(F: np.ndarray, ideal: np.ndarray, ref: np.ndarray) -> float:
 
     if not len(F):
         return 0.0
-    return hypervolume((np.asarray(F, float) - ideal) / (ref - ideal), np.ones(len(ideal)))
+    # a point beyond the ideal counts as the ideal, so the normalized hypervolume stays within [0, 1]
+    Z = np.clip((np.asarray(F, float) - ideal) / (ref - ideal), 0.0, None)
+    return hypervolume(Z, np.ones(len(ideal)))
