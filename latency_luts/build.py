@@ -54,10 +54,6 @@ def missing_entries(lut: LatencyTable, supernet) -> list[str]:
     return out
 
 
-def layer_bit_options(spec, bits):
-    return bits if spec.op in ("conv", "linear", "dense") else [(32, 32)]
-
-
 def profile_supernet(target, supernet, out: str | Path, threads: int = 1, warmup: int = 10, repeats: int = 60,
                      rounds: int = 3, statistic: str = "median", blocks: bool = False, mixed_fraction: float = 0.15,
                      reduce_range: bool | None = None, model_dir: str | Path | None = None, chunk: int = 64,
