@@ -33,6 +33,8 @@ def main() -> int:
     ap.add_argument("--samples", type=int, default=50)
     ap.add_argument("--calibrate", type=int, default=40)
     ap.add_argument("--note", default="")
+    ap.add_argument("--merge", action="store_true",
+                    help="keep the rows of the existing JSON for the targets and families not rerun")
     args = ap.parse_args()
     out = Path(args.out)
     work = out / "family_luts"
@@ -57,12 +59,20 @@ def main() -> int:
                                                    "threads", "repeatability", "measured_range_ms",
                                                    "layer_sum_only", "units_without_calibration")}})
             r = rows[-1]
+            r["loadavg_after"] = os.getloadavg()[0]
             print(f"{target} {space}: MAPE {r['mape']:.1f}% tau {r['kendall_tau']:.3f} within10 "
                   f"{r['within_10pct']:.2f} (repeatability tau {r['repeatability']['kendall_tau']:.3f})", flush=True)
-    summary = {"command": " ".join([os.path.basename(sys.argv[0]), *sys.argv[1:]]), "note": args.note,
-               "loadavg_at_end": os.getloadavg()[0], "goal": {"within_10pct": 0.95, "kendall_tau": 0.9},
-               "rows": rows}
-    (out / "family_lut_fidelity.json").write_text(json.dumps(summary, indent=2) + "\n")
+    command = " ".join([os.path.basename(sys.argv[0]), *sys.argv[1:]])
+    for r in rows:
+        r["command"] = command
+    path = out / "family_lut_fidelity.json"
+    if args.merge and path.exists():
+        done = {(r["target"], r["family"]) for r in rows}
+        old = [r for r in json.loads(path.read_text())["rows"] if (r["target"], r["family"]) not in done]
+        rows = sorted(old + rows, key=lambda r: (r["target"], r["family"]))
+    summary = {"command": command, "note": args.note, "loadavg_at_end": os.getloadavg()[0],
+               "goal": {"within_10pct": 0.95, "kendall_tau": 0.9}, "rows": rows}
+    path.write_text(json.dumps(summary, indent=2) + "\n")
     print(json.dumps([{k: r[k] for k in ("target", "space", "mape", "kendall_tau", "within_10pct")} for r in rows],
                      indent=1))
     return 0

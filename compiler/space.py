@@ -165,6 +165,11 @@ class LayerSpec:
         return (self.hw + 2 * self.padding - self.kernel) // self.stride + 1
 
     @property
+    def out_channels(self) -> int:
+        """Channels (or features) of the output: an SE block's output has its input's, not its squeeze width."""
+        return self.cin if self.op in ("se", "attention", "layernorm") else self.cout
+
+    @property
     def padding(self) -> int:
         """Conv padding: 'same' (k // 2) for odd kernels; none for even ones (patch embeddings, k == stride)."""
         return self.kernel // 2 if self.kernel % 2 else 0

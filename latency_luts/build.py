@@ -61,6 +61,7 @@ def profile_supernet(target, supernet, out: str | Path, threads: int = 1, warmup
                      progress: Callable[[str, int, int], None] | None = None) -> LatencyTable:
     """Measure (or simulate) every distinct layer of ``supernet``'s space on ``target``; write ``out``.
 
+    The family's ``layers()`` are first checked against the exported graphs of a few of its subnets.
     Resumable: every finished chunk is checkpointed next to ``out`` and a rerun with the same settings
     skips what it holds. With ``calibrate`` N, N whole subnets are measured and the network-level
     correction is fitted (the measured table is written first, so a failing calibration loses nothing).
@@ -68,9 +69,11 @@ def profile_supernet(target, supernet, out: str | Path, threads: int = 1, warmup
     from bitnas.latency_luts.profiler import profile, simulate
     from bitnas.passes.inc_ptq import resolve_reduce_range
     from bitnas.supernets.families import fusion_units, input_shape
+    from bitnas.supernets.graphcheck import check_family_layers
 
     out = Path(out)
     space = supernet.space
+    check_family_layers(supernet, samples=1)  # what is priced is what extract() computes, before measuring
     # a simulated target models every bit option it executes, whatever the space offers today
     bits = list(target.bit_options) if target.simulated else target_bits(target, space)
     specs = supernet.all_layer_specs()

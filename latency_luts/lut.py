@@ -4,10 +4,11 @@ A network's predicted latency is the sum of its units' latencies. Each entry was
 (or one-block) model, so each includes the runtime's fixed per-call cost once; the table stores that cost
 (the latency of a trivial model) and counts it once per network instead of once per entry.
 
-Fusion: an inverted-residual block (expand 1x1, depthwise, project 1x1) is the unit a runtime fuses. A
-block measured whole is used as measured; any other block is its layers' sum times a learned correction
-(a gradient-boosted regressor over the block's features, fitted on the measured blocks), and the
-prediction carries the regressor's cross-validated error as its uncertainty.
+Fusion: a block of a network (an inverted-residual block, a bottleneck, an SE block: consecutive conv or
+SE layers of one module scope that chain into each other) is the unit a runtime fuses. A block measured
+whole is used as measured; any other block is its layers' sum times a learned correction (a
+gradient-boosted regressor over the block's features, fitted on the measured blocks), and the prediction
+carries the regressor's cross-validated error as its uncertainty.
 """
 
 from __future__ import annotations
@@ -37,32 +38,44 @@ def block_key(specs: Iterable[LayerSpec]) -> str:
     return "block:" + "+".join(s.key for s in specs)
 
 
-def is_block(a: LayerSpec, b: LayerSpec, c: LayerSpec) -> bool:
-    """True when three consecutive layers form an inverted-residual block (1x1, depthwise, 1x1)."""
-    return (a.op == b.op == c.op == "conv" and a.kernel == 1 and a.groups == 1 and b.groups == b.cin == b.cout == a.cout
-            and b.hw == a.hw and c.kernel == 1 and c.groups == 1 and c.cin == b.cout and c.hw == b.out_hw
-            and a.act != "none" and c.act == "none")
+# ops a fusion unit chains (one input, one output, spatial); token ops (dense, attention) stay lone layers
+UNIT_OPS = frozenset({"conv", "se"})
+
+
+def scope(name: str) -> str:
+    """The module scope of a layer name: ``s1.b0.dw`` -> ``s1.b0``; empty for a top-level layer."""
+    return name.rpartition(".")[0]
+
+
+def extends_unit(unit: list[LayerSpec], s: LayerSpec) -> bool:
+    """True when ``s`` continues ``unit``: same module scope, and it reads what the unit's last layer gives."""
+    last = unit[-1]
+    return (s.op in UNIT_OPS and last.op in UNIT_OPS and bool(scope(s.name)) and scope(s.name) == scope(last.name)
+            and s.cin == last.out_channels and s.hw == last.out_hw)
 
 
 def group_units(layers: list[LayerSpec]) -> list[list[LayerSpec]]:
-    """Split a network's layers into fusion units: inverted-residual blocks and lone layers."""
-    units, i = [], 0
-    while i < len(layers):
-        if i + 2 < len(layers) and is_block(*layers[i:i + 3]):
-            units.append(layers[i:i + 3])
-            i += 3
+    """Split a network's layers (in forward order) into fusion units: blocks of two or more chained layers of
+    one module scope, and lone layers (a block's shortcut conv, which reads the block input, stays lone)."""
+    units: list[list[LayerSpec]] = []
+    for s in layers:
+        if units and extends_unit(units[-1], s):
+            units[-1].append(s)
         else:
-            units.append([layers[i]])
-            i += 1
+            units.append([s])
     return units
 
 
 def block_features(specs: list[LayerSpec], layer_ms: list[float]) -> list[float]:
-    """Features of a block for the fusion regressor."""
-    a, b, c = specs
-    return [np.log(a.cin), np.log(a.cout), np.log(c.cout), b.kernel, b.stride, np.log(a.hw), float(c.residual),
-            *[float(s.bits == (8, 8)) for s in specs], *np.log(np.maximum(layer_ms, 1e-4)),
-            float(np.log(max(sum(layer_ms), 1e-4)))]
+    """Features of a block of any length for the fusion regressor."""
+    ms = np.log(np.maximum(layer_ms, 1e-4))
+    int8 = [s.bits == (8, 8) for s in specs]
+    return [float(len(specs)), np.log(specs[0].cin), np.log(specs[-1].out_channels), np.log(max(s.out_channels for s in specs)),
+            float(max(s.kernel for s in specs)), float(max(s.stride for s in specs)), np.log(specs[0].hw),
+            float(any(s.residual for s in specs)), float(sum(s.groups > 1 for s in specs)),
+            float(sum(s.op == "se" for s in specs)), float(sum(s.kernel > 1 and s.groups == 1 for s in specs)),
+            float(np.mean(int8)), float(sum(a != b for a, b in zip(int8, int8[1:]))), float(int8[0]), float(int8[-1]),
+            float(ms.max()), float(ms.min()), float(np.log(max(sum(layer_ms), 1e-4)))]
 
 
 def _precision_switches(layers: list[LayerSpec]) -> float:
@@ -225,7 +238,7 @@ class LatencyTable:
         measured = corrected = 0
         units = group_units(layers) if self.blocks else [[s] for s in layers]
         for unit in units:
-            if len(unit) == 3:
+            if len(unit) > 1:
                 key = block_key(unit)
                 if key in self.blocks:
                     latency += self.block_latency(key)
@@ -314,8 +327,10 @@ class LatencyTable:
             if not isinstance(blk, dict) or not isinstance(blk.get(f"{stat}_ms"), (int, float)) or blk[f"{stat}_ms"] < 0:
                 raise LutError(f"{source}: block '{key}' lacks a non-negative numeric '{stat}_ms'")
             layers = blk.get("layers")
-            if not isinstance(layers, list) or len(layers) != 3 or any(k not in data["entries"] for k in layers):
-                raise LutError(f"{source}: block '{key}' field 'layers' must list 3 layer keys present in 'entries'")
+            if (not isinstance(layers, list) or len(layers) < 2 or any(k not in data["entries"] for k in layers)
+                    or key != "block:" + "+".join(layers)):
+                raise LutError(f"{source}: block '{key}' field 'layers' must list the keys of its 2 or more layers, "
+                               "each present in 'entries'")
             if key != "block:" + "+".join(layers):
                 raise LutError(f"{source}: block '{key}' does not match its 'layers'")
         overhead = data.get("overhead") or {}

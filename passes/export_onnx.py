@@ -137,8 +137,19 @@ class ExportOnnx(Pass):
     class Config(StrictModel):
         opset: int = Field(17, ge=13, le=21, description="ONNX opset of the exported graph")
         filename: str = Field("fp32.onnx", description="file written in the work folder")
+        check_layers: bool = Field(True, description="check the family's layers() for the candidate against the "
+                                                     "exported graph (what the LUT priced is what ships)")
 
     def run(self, model: StaticNet, ctx: PassContext) -> OnnxModel:
         data = ctx.need("data", self.name)
         in_shape = tuple(data.x_train.shape[1:])
-        return export_static(model, ctx.workdir / self.config.filename, in_shape, self.config.opset)
+        out = export_static(model, ctx.workdir / self.config.filename, in_shape, self.config.opset)
+        supernet, candidate = ctx.inputs.get("supernet"), ctx.inputs.get("candidate")
+        if self.config.check_layers and supernet is not None and candidate is not None:
+            from bitnas.space import FLOAT_BITS
+            from bitnas.supernets.graphcheck import compare_layers, graph_layers
+
+            compare_layers([s.with_bits(FLOAT_BITS) for s in supernet.layers(candidate)],
+                           graph_layers(onnx.load(str(out.path))),
+                           f"space '{supernet.space.name}', candidate {candidate.id}, {self.name}")
+        return out

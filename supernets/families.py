@@ -29,6 +29,7 @@ class TrainSettings:
     float_epochs: int = 0  # QAT families: float pretraining before the low-bit stages
     stage1_epochs: int | None = None
     seed: int = 0
+    init: str | None = None  # fingerprint of the weights training starts from (None: the seeded random init)
 
 
 TrainFn = Callable[[Any, Any, TrainSettings, Path | None, Callable | None], dict[str, Any]]
@@ -39,7 +40,7 @@ def sandwich_train(net, data, s: TrainSettings, checkpoint: Path | None, progres
     from bitnas.supernets.train import train_supernet
 
     return train_supernet(net, data, s.epochs, s.batch_size, s.lr or 0.05, s.n_random, s.distill, s.seed,
-                          checkpoint=checkpoint,
+                          checkpoint=checkpoint, init=s.init,
                           progress=(lambda e, n, h: progress(e, n, f"loss {h['loss']:.3f} largest "
                                                                    f"{h['acc_largest']:.3f} smallest "
                                                                    f"{h['acc_smallest']:.3f}"))
@@ -64,7 +65,8 @@ def qat_train(net, data, s: TrainSettings, checkpoint: Path | None, progress: Ca
                                     f"smallest {rec['acc_smallest']:.3f}")
 
     return train_qat_supernet(net, data, schedule, batch_size=s.batch_size, lr=lr, optimizer=optimizer,
-                              n_random=s.n_random, seed=s.seed, checkpoint=checkpoint, on_epoch=on_epoch)
+                              n_random=s.n_random, seed=s.seed, checkpoint=checkpoint, on_epoch=on_epoch,
+                              init=s.init)
 
 
 @dataclass(frozen=True)
@@ -146,10 +148,39 @@ def input_shape(supernet: Any) -> tuple[int, int, int]:
     return (int(d.in_channels), int(d.image_size), int(d.image_size))
 
 
-def fusion_units(supernet: Any) -> list[tuple]:
-    """The fusion units (e.g. inverted-residual blocks) the LUT measures whole; none unless the family says."""
+def fusion_units(supernet: Any, samples: int = 400, seed: int = 0) -> list[tuple]:
+    """The fusion units the LUT measures whole: the family's own list when it has one (``fusion_units()``),
+    else every distinct block (see ``group_units``) of ``samples`` seeded random subnets, in float."""
     fn = getattr(supernet, "fusion_units", None)
-    return list(fn()) if fn else []
+    if fn is not None:
+        return list(fn())
+    import numpy as np
+
+    from bitnas.latency_luts.lut import group_units
+    from bitnas.space import FLOAT_BITS
+
+    rng = np.random.default_rng(seed)
+    space = supernet.space
+    seen: dict[tuple[str, ...], tuple] = {}
+    for _ in range(samples):
+        c = space.sample(rng)
+        c = space.make(c.arch_dict, {g.name: FLOAT_BITS for g in space.policy_genes})
+        for unit in group_units(supernet.layers(c)):
+            if len(unit) > 1:
+                unit = tuple(s.with_bits(FLOAT_BITS) for s in unit)
+                seen.setdefault(tuple(s.key for s in unit), unit)
+    return list(seen.values())
+
+
+def load_pretrained(supernet: Any, path: Path, shape: tuple[int, int, int]) -> list[str]:
+    """Load the weights training starts from (``train.init``): the family's own reader when it has one
+    (``load_pretrained(path)``, e.g. once-for-all checkpoints), else a bitnas supernet checkpoint. Returns
+    notes on what was not taken (e.g. a classifier for another number of classes)."""
+    fn = getattr(supernet, "load_pretrained", None)
+    if fn is not None:
+        return list(fn(path) or [])
+    load_checkpoint(supernet, path, supernet.space.name, shape)
+    return []
 
 
 def load_checkpoint(supernet: Any, path: Path, space: str, shape: tuple[int, int, int]) -> dict[str, Any]:

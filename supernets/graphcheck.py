@@ -277,11 +277,6 @@ def graph_layers(model: onnx.ModelProto | str | Path | Any) -> list[LayerSpec]:
     return [s for _, s in sorted(found, key=lambda p: p[0])]
 
 
-def _input_shape(supernet: Any) -> tuple[int, int, int]:
-    d = supernet.d
-    return (int(d.in_channels), int(d.image_size), int(d.image_size))
-
-
 def compare_layers(expected: Sequence[LayerSpec], got: Sequence[LayerSpec], where: str = "") -> None:
     """Raise ``UserError`` at the first layer whose fields differ, that one side lacks, or that is out of order."""
     suffix = f" ({where})" if where else ""
@@ -317,14 +312,37 @@ def check_layers(supernet: Any, candidate: Candidate, opset: int = 17,
     """
     from bitnas.passes.assign_bits import set_layer_bits
     from bitnas.passes.export_onnx import export_static
+    from bitnas.supernets.families import input_shape
 
     c = supernet.space.validate(candidate)
     policy = c.policy_dict
     with tempfile.TemporaryDirectory(prefix="bitnas-graphcheck-") as tmp:
         static = (extract or supernet.extract)(c)
-        exported = export_static(static, Path(tmp) / "subnet.onnx", _input_shape(supernet), opset)
+        exported = export_static(static, Path(tmp) / "subnet.onnx", input_shape(supernet), opset)
         model = onnx.load(str(exported.path))
     set_layer_bits(model, {n: tuple(policy[n]) for n in exported.layers if n in policy})
     got = graph_layers(model)
     compare_layers(supernet.layers(c), got, f"space '{supernet.space.name}', candidate {c.id}")
     return got
+
+
+def check_family_layers(supernet: Any, samples: int = 2, seed: int = 0) -> None:
+    """``check_layers`` on the space's smallest and largest float candidates and ``samples`` seeded random ones.
+
+    Profiling prices ``layers()``; this is the check that they are what ``extract()`` computes, run before
+    anything is measured. A supernet whose ``extract`` takes ``quantizers`` (QAT) is checked through its
+    float structure.
+    """
+    import inspect
+
+    space = supernet.space
+    rng = np.random.default_rng(seed)
+    float_policy = {g.name: FLOAT_BITS for g in space.policy_genes if FLOAT_BITS in g.options}
+    cands = [space.smallest(), space.largest()] + [space.sample(rng) for _ in range(samples)]
+    extract = None
+    if "quantizers" in inspect.signature(supernet.extract).parameters:
+        def extract(c: Candidate) -> Any:
+            return supernet.extract(c, quantizers=False)
+    for c in cands:
+        c = space.make(c.arch_dict, {**c.policy_dict, **float_policy})
+        check_layers(supernet, c, extract=extract)

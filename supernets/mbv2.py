@@ -277,8 +277,6 @@ class MBV2Supernet(nn.Module):
 
     def fusion_units(self) -> list[tuple[LayerSpec, ...]]:
         """Every distinct inverted-residual block: the unit ONNX Runtime and OpenVINO fuse."""
-        from bitnas.latency_luts.units import all_blocks
-
         return all_blocks(self.d)
 
     def extract(self, candidate: Candidate) -> StaticNet:
@@ -328,6 +326,31 @@ def mbv2_tiny(in_channels: int = 1, image_size: int = 32, num_classes: int = 10,
             "per block kernel {3,5,7} and expansion {3,4,6}; per quantizable layer INT8 or float (W/A)."
         ),
     )
+
+
+def all_blocks(d: Any) -> list[tuple[LayerSpec, LayerSpec, LayerSpec]]:
+    """Every distinct float inverted-residual block (expand, depthwise, project) of an MBV2Def space."""
+    seen: dict[tuple[str, ...], tuple[LayerSpec, LayerSpec, LayerSpec]] = {}
+    stem = LayerSpec("conv", d.in_channels, d.stem_channels, 3, d.stem_stride, 1, d.image_size, "relu6")
+    hw = stem.out_hw
+    cins = {d.stem_channels}
+    for st in d.stages:
+        for b in range(max(st.depths)):
+            stride = st.stride if b == 0 else 1
+            in_opts = sorted(cins if b == 0 else set(st.widths))
+            out_hw = (hw + 2 * 1 - 3) // stride + 1
+            for cin in in_opts:
+                for e in d.expands:
+                    mid = cin * e
+                    for k in d.kernels:
+                        for w in st.widths:
+                            blk = (LayerSpec("conv", cin, mid, 1, 1, 1, hw, "relu6"),
+                                   LayerSpec("conv", mid, mid, k, stride, mid, hw, "relu6"),
+                                   LayerSpec("conv", mid, w, 1, 1, 1, out_hw, "none", stride == 1 and cin == w))
+                            seen.setdefault(tuple(s.key for s in blk), blk)
+            hw = out_hw
+        cins = set(st.widths)
+    return list(seen.values())
 
 
 def _register() -> None:

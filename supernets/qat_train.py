@@ -102,8 +102,10 @@ def train_qat_supernet(
     optimizer: str = "sgd",
     on_step: StepFn | None = None,
     on_epoch: EpochFn | None = None,
+    init: str | None = None,
 ) -> dict[str, Any]:
-    """Train ``net`` in place through the phases of ``schedule``; resume from ``checkpoint`` if it matches."""
+    """Train ``net`` in place through the phases of ``schedule``; resume from ``checkpoint`` if it matches.
+    ``init`` fingerprints pretrained start weights (see ``train_supernet``)."""
     space: SearchSpace = net.space
     epochs = sum(e for e, _ in schedule)
     if epochs <= 0:
@@ -113,7 +115,8 @@ def train_qat_supernet(
     settings = {"space": space.name, "family": getattr(net, "family", "?"),
                 "schedule": [[int(e), [int(b) for b in bits]] for e, bits in schedule],
                 "batch_size": batch_size, "lr": lr, "optimizer": optimizer, "n_random": n_random, "seed": seed,
-                "n_train": len(data.y_train), "image_size": data.image_size, "eval_bits": eval_bits}
+                "n_train": len(data.y_train), "image_size": data.image_size, "eval_bits": eval_bits,
+                **({"init": init} if init else {})}
     fp = _fingerprint(settings)
     torch.manual_seed(seed)
     if optimizer == "sgd":

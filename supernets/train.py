@@ -53,15 +53,20 @@ def train_supernet(
     seed: int = 0,
     checkpoint: str | Path | None = None,
     progress: ProgressFn | None = None,
+    init: str | None = None,
 ) -> dict[str, Any]:
     """Train in place; resume from ``checkpoint`` when it holds an unfinished run with the same settings.
+
+    ``init`` fingerprints the weights ``net`` holds on entry when they are not the seeded random init
+    (fine-tuning a pretrained supernet): part of the settings, so other start weights train again.
 
     Each step trains the largest subnet on the labels, then the smallest and ``n_random`` random subnets
     on the largest one's soft predictions (in-place distillation) when ``distill`` is set.
     """
     settings = {"space": net.space.name, "epochs": epochs, "batch_size": batch_size, "lr": lr,
                 "n_random": n_random, "distill": distill, "seed": seed, "n_train": len(data.y_train),
-                "in_channels": data.in_channels, "image_size": data.image_size}
+                "in_channels": data.in_channels, "image_size": data.image_size,
+                **({"init": init} if init else {})}
     fp = _fingerprint(settings)
     torch.manual_seed(seed)
     opt = torch.optim.SGD(net.parameters(), lr=lr, momentum=0.9, nesterov=True, weight_decay=4e-5)

@@ -15,8 +15,9 @@ from bitnas.latency_luts.bundle import export_bundle, import_results
 from bitnas.latency_luts.profiler import block_items, layer_items
 from bitnas.space import LayerSpec
 
-BLOCK = (LayerSpec("conv", 8, 24, 1, 1, 1, 8, "relu6"), LayerSpec("conv", 24, 24, 3, 1, 24, 8, "relu6"),
-         LayerSpec("conv", 24, 8, 1, 1, 1, 8, "none", residual=True))
+BLOCK = (LayerSpec("conv", 8, 24, 1, 1, 1, 8, "relu6", name="b0.expand"),
+         LayerSpec("conv", 24, 24, 3, 1, 24, 8, "relu6", name="b0.dw"),
+         LayerSpec("conv", 24, 8, 1, 1, 1, 8, "none", residual=True, name="b0.project"))  # one module scope
 # blocks every import bitnas needs and torch, so the runner proves it lives on numpy + the runtime alone
 GUARD = """
 import sys, runpy

@@ -11,14 +11,16 @@ from bitnas.errors import LutError
 from bitnas.latency_luts import LatencyTable
 from bitnas.latency_luts.lut import CALIBRATION_FEATURES, block_key, group_units
 from bitnas.latency_luts.profiler import layer_items, measure_items, profile
-from bitnas.latency_luts.units import all_blocks
 from bitnas.space import LayerSpec
+from bitnas.supernets.mbv2 import all_blocks
 
-BLOCKS = [
-    (LayerSpec("conv", 8, 24, 1, 1, 1, 8, "relu6"), LayerSpec("conv", 24, 24, 3, 1, 24, 8, "relu6"),
-     LayerSpec("conv", 24, 8, 1, 1, 1, 8, "none", residual=True)),
-    (LayerSpec("conv", 8, 32, 1, 1, 1, 8, "relu6"), LayerSpec("conv", 32, 32, 5, 2, 32, 8, "relu6"),
-     LayerSpec("conv", 32, 12, 1, 1, 1, 4, "none")),
+BLOCKS = [  # layers of one module scope that chain form a block
+    (LayerSpec("conv", 8, 24, 1, 1, 1, 8, "relu6", name="b0.expand"),
+     LayerSpec("conv", 24, 24, 3, 1, 24, 8, "relu6", name="b0.dw"),
+     LayerSpec("conv", 24, 8, 1, 1, 1, 8, "none", residual=True, name="b0.project")),
+    (LayerSpec("conv", 8, 32, 1, 1, 1, 8, "relu6", name="b1.expand"),
+     LayerSpec("conv", 32, 32, 5, 2, 32, 8, "relu6", name="b1.dw"),
+     LayerSpec("conv", 32, 12, 1, 1, 1, 4, "none", name="b1.project")),
 ]
 BITS = [(32, 32), (8, 8)]
 
@@ -63,6 +65,31 @@ def test_group_units_finds_blocks_and_all_blocks_covers_the_space():
         blocks = [u for u in units if len(u) == 3]
         assert 3 * len(blocks) == len(layers) - 3  # stem, head, classifier stay single
         assert all(tuple(s.key for s in b) in keys for b in blocks)
+
+
+@pytest.mark.parametrize("space,family,size", [("ofa-resnet-tiny", "resnet", 16), ("mbv3-tiny", "mbv3", 16)])
+def test_every_family_block_is_a_fusion_unit_the_lut_measures(space, family, size):
+    from bitnas.latency_luts.profiler import unit_model
+    from bitnas.supernets.families import build_supernet, fusion_units
+
+    net = build_supernet(space, family, 1, size, 10)
+    units = fusion_units(net)
+    keys = {tuple(s.key for s in u) for u in units}
+    rng = np.random.default_rng(1)
+    for _ in range(20):
+        layers = [s.with_bits((32, 32)) for s in net.layers(net.space.sample(rng))]
+        for unit in group_units(layers):
+            names = {s.name.rpartition(".")[0] for s in unit}
+            assert len(names) == 1  # a unit never spans two blocks
+            if len(unit) > 1:
+                assert tuple(s.key for s in unit) in keys
+    if family == "resnet":  # a bottleneck is conv1-conv2-conv3; its shortcut reads the block input, alone
+        layers = net.layers(net.space.sample(rng))
+        shortcut = [u for u in group_units(layers) if u[0].name.endswith("shortcut")]
+        assert shortcut and all(len(u) == 1 for u in shortcut)
+    else:  # the squeeze-excite sits inside its block
+        assert any([s.op for s in u] == ["conv", "conv", "se", "conv"] for u in units)
+    unit_model(units[0])  # buildable
 
 
 def test_interrupted_profile_resumes_from_its_checkpoint(tmp_path):
