@@ -136,6 +136,7 @@ def _cmd_verify(args: argparse.Namespace) -> int:
 # Modules that add sub-commands: each has ``register(subparsers)`` and sets ``fn`` on its parsers.
 COMMAND_MODULES: tuple[str, ...] = (
     "bitnas.cli_compile",
+    "bitnas.cli_import",
     "bitnas.cli_profile",
     "bitnas.cli_search",
 )

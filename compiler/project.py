@@ -18,7 +18,7 @@ from typing import Any, Literal
 
 import numpy as np
 import yaml
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from bitnas import ui
 from bitnas.config import StrictModel, load_config, validate_config
@@ -45,12 +45,18 @@ class DataSection(StrictModel):
     path: str | None = Field(None, description="folder (cifar10) or file (npz); unused for digits")
     val_fraction: float = Field(0.2, gt=0.0, lt=1.0, description="share of the digits set held out for validation")
     image_size: int = Field(32, ge=8, le=1024, description="side of the square images fed to the network")
+    channels: int | None = Field(None, ge=1, le=4, description="channels fed to the network: a grayscale set is "
+                                                              "repeated to 3 for an RGB supernet (once-for-all); "
+                                                              "default: the data's own")
 
 
 class TrainSection(StrictModel):
     checkpoint: str | None = Field(None, description="a trained supernet (weights-only .pt) to use instead of "
                                                      "training; relative to the project file")
-    epochs: int = Field(12, ge=1, description="supernet training epochs")
+    init: str | None = Field(None, description="weights to start training from: a once-for-all checkpoint "
+                                               "(family ofa-mbv3) or a bitnas supernet checkpoint; `epochs` then "
+                                               "fine-tune them (0: use them as they are); relative to the project")
+    epochs: int = Field(12, ge=0, description="supernet training epochs (0 only with `init`)")
     batch_size: int = Field(64, ge=1, description="training batch size")
     lr: float | None = Field(None, gt=0.0, description="peak learning rate (cosine schedule); default: the "
                                                        "family's (0.05 SGD, 0.004 AdamW)")
@@ -59,6 +65,12 @@ class TrainSection(StrictModel):
     optimizer: Literal["sgd", "adamw"] | None = Field(None, description="default: the family's")
     float_epochs: int = Field(0, ge=0, description="low-bit (QFA) spaces: float epochs before the bit stages")
     stage1_epochs: int | None = Field(None, ge=0, description="low-bit spaces: epochs of low bits + float")
+
+    @model_validator(mode="after")
+    def _trained_somehow(self) -> TrainSection:
+        if self.epochs == 0 and not self.init and not self.checkpoint:
+            raise ValueError("epochs: 0 trains nothing; give `init` (weights to use) or `checkpoint`")
+        return self
 
 
 class LutSection(StrictModel):
@@ -69,7 +81,8 @@ class LutSection(StrictModel):
     repeats: int = Field(60, ge=5, description="timed runs per layer")
     rounds: int = Field(3, ge=1, description="interleaved passes over all layers the repeats are split into")
     statistic: Literal["median", "p10", "mean"] = Field("median", description="statistic used to predict")
-    blocks: bool = Field(False, description="also measure fusion units (inverted-residual blocks) whole")
+    blocks: bool = Field(False, description="also measure fusion units (the family's blocks: inverted-residual, "
+                                            "bottleneck, SE) whole: slower to profile, closer end to end")
     force: bool = Field(False, description="use a LUT measured on another device")
 
 
@@ -249,8 +262,9 @@ class Project:
         cfg = self.cfg
         upd: dict[str, Any] = {}
         # paths the config names are written absolute, so the run folder's copy means the same
-        if cfg.train.checkpoint:
-            upd["train"] = cfg.train.model_copy(update={"checkpoint": str(self.resolve_path(cfg.train.checkpoint))})
+        train = {k: str(self.resolve_path(v)) for k in ("checkpoint", "init") if (v := getattr(cfg.train, k))}
+        if train:
+            upd["train"] = cfg.train.model_copy(update=train)
         if cfg.lut.path:
             upd["lut"] = cfg.lut.model_copy(update={"path": str(self.resolve_path(cfg.lut.path))})
         if cfg.data.path:
@@ -264,11 +278,13 @@ class Project:
         """The project's data set (built once)."""
         if self._data is None:
             from bitnas.api import DATASETS
+            from bitnas.supernets.data import with_channels
 
             d = self.cfg.data
             loader = DATASETS.get(d.name, f"{self.source}: data.name")
             path = str(self.resolve_path(d.path)) if d.path else None
-            self._data = loader(path=path, image_size=d.image_size, val_fraction=d.val_fraction, seed=self.cfg.seed)
+            data = loader(path=path, image_size=d.image_size, val_fraction=d.val_fraction, seed=self.cfg.seed)
+            self._data = with_channels(data, d.channels, f"{self.source}: data.channels")
         return self._data
 
     def build_supernet(self):
@@ -297,7 +313,7 @@ class Project:
         import torch
 
         from bitnas.io import sha256_file
-        from bitnas.supernets.families import TrainSettings, input_shape, load_checkpoint
+        from bitnas.supernets.families import TrainSettings, input_shape, load_checkpoint, load_pretrained
 
         torch.manual_seed(self.cfg.seed)  # the initial weights: training is deterministic for a seed
         net = self.build_supernet()
@@ -309,9 +325,15 @@ class Project:
             state = load_checkpoint(net, path, net.space.name, shape)
             self._supernet_fp = str(state.get("fingerprint") or sha256_file(path)[:16])
         else:
+            init = None
+            if t.init:
+                path = self.resolve_path(t.init)
+                for note in load_pretrained(net, path, shape):
+                    ui.console.print(f"{path}: {note}")
+                init = sha256_file(path)[:16]
             settings = TrainSettings(epochs=t.epochs, batch_size=t.batch_size, lr=t.lr, n_random=t.n_random,
                                      distill=t.distill, optimizer=t.optimizer, float_epochs=t.float_epochs,
-                                     stage1_epochs=t.stage1_epochs, seed=self.cfg.seed)
+                                     stage1_epochs=t.stage1_epochs, seed=self.cfg.seed, init=init)
             with ui.progress_bar(f"train supernet ({self.family.name}/{net.space.name})", t.epochs) as update:
                 trained = self.family.train(net, self.data(), settings, self.run.supernet,
                                             (lambda e, n, msg: update(e, msg)))

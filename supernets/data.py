@@ -42,6 +42,20 @@ class Dataset:
             yield torch.from_numpy(x[idx]), torch.from_numpy(y[idx])
 
 
+def with_channels(data, channels: int | None, where: str):
+    """``data`` with ``channels`` input channels: a 1-channel set repeated (grayscale as RGB); ``None``: as is."""
+    import dataclasses
+
+    have = int(data.in_channels)
+    if channels is None or channels == have:
+        return data
+    if have != 1 or not dataclasses.is_dataclass(data):
+        raise DataError(f"{where}: the data set has {have} channels; only a 1-channel set can be repeated to "
+                        f"{channels}")
+    return dataclasses.replace(data, x_train=np.repeat(data.x_train, channels, axis=1),
+                               x_val=np.repeat(data.x_val, channels, axis=1))
+
+
 def _resize(x: np.ndarray, size: int) -> np.ndarray:
     if x.shape[2] == size and x.shape[3] == size:
         return x

@@ -271,14 +271,14 @@ class SE(nn.Module):
 
 
 class MBV3BlockModule(nn.Module):
-    """Static MobileNetV3 block: expand, depthwise, optional SE, project, optional residual."""
+    """Static MobileNetV3 block: expand (none at expansion 1), depthwise, optional SE, project, optional residual."""
 
-    def __init__(self, expand: ConvUnit, dw: ConvUnit, se: SE | None, project: ConvUnit, residual: bool):
+    def __init__(self, expand: ConvUnit | None, dw: ConvUnit, se: SE | None, project: ConvUnit, residual: bool):
         super().__init__()
         self.expand, self.dw, self.se, self.project, self.residual = expand, dw, se, project, residual
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.dw(self.expand(x))
+        y = self.dw(self.expand(x) if self.expand is not None else x)
         if self.se is not None:
             y = self.se(y)
         y = self.project(y)

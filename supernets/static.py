@@ -101,17 +101,17 @@ class ConvUnit(QuantUnit):
 
 
 class LinearUnit(QuantUnit):
-    """Global average pooling + fully connected classifier."""
+    """Global average pooling + fully connected layer (+ activation)."""
 
-    def __init__(self, layer_name: str, fc: nn.Linear):
-        super().__init__(layer_name, "none")
+    def __init__(self, layer_name: str, fc: nn.Linear, act: str = "none"):
+        super().__init__(layer_name, act)
         self.fc = fc
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = torch.flatten(F.adaptive_avg_pool2d(x, 1), 1)
         x = self._q_in(x)
         fc = self.fc
-        return self._q_out(F.linear(x, self._weight(fc.weight), self._bias(fc.bias, fc.weight)))
+        return self._act_q(F.linear(x, self._weight(fc.weight), self._bias(fc.bias, fc.weight)))
 
 
 class InvertedResidual(nn.Module):

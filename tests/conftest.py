@@ -59,3 +59,25 @@ def demo_run(tmp_path_factory):
     """One quick end-to-end run of the default project (small budgets); returns (summary, run folder)."""
     out = tmp_path_factory.mktemp("demo")
     return quick_project(out).run_all(), out
+
+
+def quick_compile_passes(backends: list[str], repeats: int) -> list:
+    """The default compile pipeline with small calibrations and a short Verify on ``backends``."""
+    return ["ExtractSubnet", {"RecalibrateBn": {"batches": 2}}, "ExportOnnx", "AssignBitwidths",
+            {"IncStaticPtq": {"calibration_batches": 2}},
+            {"Verify": {"backends": backends, "repeats": repeats}}, "Package"]
+
+
+def cli_train_to_artifact(run, repeats: int = 5):
+    """``train``, a quick ``profile``, ``search`` and ``compile`` of the project in ``run``: (artifact, manifest)."""
+    import json
+
+    from bitnas.cli import main
+
+    assert main(["train", "--project", str(run)]) == 0
+    assert main(["profile", "--project", str(run), "--no-blocks", "--repeats", str(repeats), "--rounds", "1",
+                 "--warmup", "1"]) == 0
+    assert main(["search", "--project", str(run)]) == 0
+    assert main(["compile", "--project", str(run)]) == 0
+    (art,) = list((run / "artifacts").iterdir())
+    return art, json.loads((art / "manifest.json").read_text())
