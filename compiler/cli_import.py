@@ -9,7 +9,8 @@ from pathlib import Path
 from bitnas.errors import UserError
 
 # --format -> "module:function" giving (family, space, input channels) of a checkpoint file
-FORMATS = {"ofa-mbv3": "bitnas.supernets.ofa_mbv3:checkpoint_space"}
+FORMATS = {"ofa-mbv3": "bitnas.supernets.ofa:checkpoint_space",
+           "ofa-proxyless": "bitnas.supernets.ofa:checkpoint_space"}
 
 
 def register(sub) -> None:
@@ -37,6 +38,8 @@ def _cmd_import(args: argparse.Namespace) -> int:
         raise UserError(f"{out / PROJECT_FILE}: exists (pass --force to replace it)")
     module, fn = FORMATS[args.format].split(":")
     family, space, channels = getattr(importlib.import_module(module), fn)(ckpt)
+    if family != args.format:
+        raise UserError(f"{ckpt}: --format {args.format}, but the checkpoint holds an {family} supernet")
     data = {"target": args.target, "family": {"name": family, "space": space},
             "data": {"name": args.data, **({"path": args.data_path} if args.data_path else {}),
                      "image_size": args.image_size, "channels": channels},

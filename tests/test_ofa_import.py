@@ -1,5 +1,5 @@
-"""once-for-all MobileNetV3 checkpoints read natively: every subnet computes what the real ``ofa`` package's
-``set_active_subnet`` + ``get_active_subnet(preserve_weight=True)`` computes."""
+"""once-for-all checkpoints (OFAMobileNetV3, OFAProxylessNASNets) read natively: every subnet computes what
+the real ``ofa`` package's ``set_active_subnet`` + ``get_active_subnet(preserve_weight=True)`` computes."""
 
 from __future__ import annotations
 
@@ -11,16 +11,17 @@ import torch
 
 from bitnas.errors import ConfigError
 from bitnas.supernets.families import build_supernet
-from bitnas.supernets.ofa_mbv3 import OFAMBV3Supernet, infer_definition, load_ofa_weights, read_state_dict
+from bitnas.supernets.ofa import OFASupernet, infer_definition, load_ofa_weights, read_state_dict
 from tests.ofa_stub import ofa_networks
 
 
-def _random_ofa(width: float, n_classes: int, seed: int):
-    """An ofa-built OFAMobileNetV3 with random weights, BN statistics and kernel transformation matrices."""
+def _random_ofa(width: float, n_classes: int, seed: int, kind: str = "mbv3"):
+    """An ofa-built supernet with random weights, BN statistics and kernel transformation matrices."""
     networks = ofa_networks()
     torch.manual_seed(seed)
-    net = networks.OFAMobileNetV3(n_classes=n_classes, width_mult=width, ks_list=[3, 5, 7],
-                                  expand_ratio_list=[3, 4, 6], depth_list=[2, 3, 4])
+    cls = networks.OFAMobileNetV3 if kind == "mbv3" else networks.OFAProxylessNASNets
+    net = cls(n_classes=n_classes, width_mult=width, ks_list=[3, 5, 7], expand_ratio_list=[3, 4, 6],
+              depth_list=[2, 3, 4])
     with torch.no_grad():
         for name, t in net.state_dict().items():
             if name.endswith("running_var"):
@@ -35,8 +36,12 @@ def _random_ofa(width: float, n_classes: int, seed: int):
 def _candidate(space, setting: dict, rng):
     """The bitnas candidate of an ofa ``sample_active_subnet`` setting (ks/e per block, d per stage)."""
     arch = {}
+    names = {g.name for g in space.genes}
     for s, d in enumerate(setting["d"]):
-        arch[f"s{s}.depth"] = d
+        if f"s{s}.depth" in names:
+            arch[f"s{s}.depth"] = d
+        else:  # a fixed one-block stage
+            d = 1
         for b in range(d):
             arch[f"s{s}.b{b}.kernel"] = setting["ks"][s * 4 + b]
             arch[f"s{s}.b{b}.expand"] = setting["e"][s * 4 + b]
@@ -44,11 +49,12 @@ def _candidate(space, setting: dict, rng):
     return space.make(arch, policy)
 
 
-@pytest.fixture(scope="module", params=[1.0, 1.2], ids=["w1.0", "w1.2"])
+@pytest.fixture(scope="module", params=[("mbv3", 1.0), ("mbv3", 1.2), ("proxyless", 1.3)],
+                ids=["mbv3-w1.0", "mbv3-w1.2", "proxyless-w1.3"])
 def pair(request, tmp_path_factory):
-    width = request.param
-    ofa_net = _random_ofa(width, 10, seed=int(width * 10))
-    path = tmp_path_factory.mktemp("ofa") / f"ofa_mbv3_d234_e346_k357_w{width}.pth"
+    kind, width = request.param
+    ofa_net = _random_ofa(width, 10, seed=int(width * 10), kind=kind)
+    path = tmp_path_factory.mktemp("ofa") / f"ofa_{kind}_d234_e346_k357_w{width}.pth"
     torch.save({"state_dict": ofa_net.state_dict()}, path)
     return ofa_net, path
 
@@ -56,7 +62,7 @@ def pair(request, tmp_path_factory):
 def test_the_supernet_has_ofas_state_dict_keys_and_shapes(pair):
     ofa_net, path = pair
     d = infer_definition(read_state_dict(path), path, image_size=32)
-    ours = OFAMBV3Supernet(d).state_dict()
+    ours = OFASupernet(d).state_dict()
     theirs = ofa_net.state_dict()
     assert list(ours) == list(theirs)
     assert all(tuple(ours[k].shape) == tuple(theirs[k].shape) for k in ours)
@@ -70,7 +76,7 @@ def test_twenty_subnets_match_ofa_get_active_subnet(pair, size):
 
     ofa_net, path = pair
     state = read_state_dict(path)
-    net = OFAMBV3Supernet(infer_definition(state, path, image_size=size))
+    net = OFASupernet(infer_definition(state, path, image_size=size))
     load_ofa_weights(net, state, path)
     net.eval()
     random.seed(size)
@@ -95,9 +101,10 @@ def test_the_layer_list_is_what_the_exported_graph_computes(pair):
 
     _, path = pair
     state = read_state_dict(path)
-    net = OFAMBV3Supernet(infer_definition(state, path, image_size=32))
+    net = OFASupernet(infer_definition(state, path, image_size=32))
     check_family_layers(net, samples=2)
-    assert {len(u) for u in net.fusion_units()} == {2, 3, 4}  # first block, plain and SE blocks
+    want = {2, 3, 4} if net.d.kind == "mbv3" else {2, 3}  # first block, plain (and SE) blocks
+    assert {len(u) for u in net.fusion_units()} == want
 
 
 def test_released_key_spellings_load(pair, tmp_path):
@@ -109,7 +116,7 @@ def test_released_key_spellings_load(pair, tmp_path):
     old = {k.replace(".bn.bn.", ".bn."): v for k, v in old.items()}
     p = tmp_path / path.name
     torch.save({"state_dict": old}, p)
-    a, b = OFAMBV3Supernet(infer_definition(read_state_dict(path), path)), OFAMBV3Supernet(
+    a, b = OFASupernet(infer_definition(read_state_dict(path), path)), OFASupernet(
         infer_definition(read_state_dict(p), p))
     load_ofa_weights(a, read_state_dict(path), path)
     load_ofa_weights(b, read_state_dict(p), p)
@@ -125,12 +132,12 @@ def test_a_checkpoint_that_does_not_fit_is_refused_naming_the_key(pair, tmp_path
     p = tmp_path / "bad.pth"
     torch.save(bad, p)
     state = read_state_dict(p)
-    net = OFAMBV3Supernet(infer_definition(state, p))
+    net = OFASupernet(infer_definition(state, p))
     with pytest.raises(ConfigError, match=rf"bad.pth: '{key}' has shape \[3, 3, 1, 1\]"):
         load_ofa_weights(net, state, p)
-    missing = {k: v for k, v in sd.items() if "blocks.7.conv.depth_conv.se" not in k}
+    missing = {k: v for k, v in sd.items() if "blocks.7.conv.depth_conv.bn" not in k}
     torch.save(missing, p)
-    with pytest.raises(ConfigError, match=r"no 'blocks.7.conv.depth_conv.se.fc.reduce.weight'"):
+    with pytest.raises(ConfigError, match=r"no 'blocks.7.conv.depth_conv.bn.bn.weight'"):
         load_ofa_weights(net, read_state_dict(p), p)
 
 
@@ -149,8 +156,8 @@ def test_a_pickle_with_code_is_refused(tmp_path, capsys):
 
 
 def test_the_family_builds_the_released_spaces():
-    for space, width in (("ofa-mbv3-w1.0", 16), ("ofa-mbv3-w1.2", 24)):
-        net = build_supernet(space, "ofa-mbv3", 3, 32, 10)
+    for space, width in (("ofa-mbv3-w1.0", 16), ("ofa-mbv3-w1.2", 24), ("ofa-proxyless-w1.3", 40)):
+        net = build_supernet(space, None, 3, 32, 10)
         assert net.first_conv.conv.weight.shape[0] == width
 
 
@@ -204,3 +211,29 @@ def test_the_lut_enumeration_covers_every_subnet():
         layers = [s.with_bits(FLOAT_BITS) for s in net.layers(net.space.sample(rng))]
         assert {s.key for s in layers} <= specs
         assert all(tuple(s.key for s in u) in units for u in group_units(layers) if len(u) > 1)
+
+
+def test_import_refuses_the_wrong_format_and_uses_the_weights_as_they_are(tmp_path, capsys):
+    """``import-supernet`` with ``--epochs 0``: the project's supernet is the checkpoint's (no training)."""
+    import yaml
+
+    from bitnas.cli import main
+    from bitnas.project import Project
+
+    ofa_net = _random_ofa(1.3, 10, seed=5, kind="proxyless")
+    ckpt = tmp_path / "ofa_proxyless_d234_e346_k357_w1.3.pth"
+    torch.save({"state_dict": ofa_net.state_dict()}, ckpt)
+    run = tmp_path / "p"
+    assert main(["import-supernet", "--format", "ofa-mbv3", "--checkpoint", str(ckpt), "--out", str(run)]) == 2
+    assert "holds an ofa-proxyless supernet" in capsys.readouterr().err
+    assert main(["import-supernet", "--format", "ofa-proxyless", "--checkpoint", str(ckpt), "--out", str(run),
+                 "--image-size", "32"]) == 0
+    cfg = yaml.safe_load((run / "project.yaml").read_text())
+    assert cfg["family"] == {"name": "ofa-proxyless", "space": "ofa-proxyless-w1.3"} and cfg["train"]["epochs"] == 0
+    net = Project.load(run).supernet()
+    ofa_net.set_max_net()
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        want = ofa_net.get_active_subnet(preserve_weight=True).eval()(x)
+        got = net.extract(net.space.largest()).eval()(x)
+    assert (got - want).abs().max().item() <= 1e-5

@@ -1,20 +1,21 @@
-"""once-for-all MobileNetV3 supernets (the ``ofa`` package's ``OFAMobileNetV3``), read natively.
+"""once-for-all supernets (the ``ofa`` package's ``OFAMobileNetV3`` and ``OFAProxylessNASNets``), read natively.
 
 The supernet keeps its weights under the ``ofa`` package's own state-dict keys, so a once-for-all
 checkpoint loads as it is, and a subnet computes what ``ofa``'s ``set_active_subnet(ks, e, d)`` followed
 by ``get_active_subnet(preserve_weight=True)`` computes:
 
-- a 3x3 stride-2 first conv with h-swish and a fixed first block (depthwise 3x3, ReLU, project, residual);
-- five stages of elastic inverted-residual blocks: the first ``depth`` blocks of a stage run; a block's
-  middle width is ``make_divisible(round(cin * expand), 8)`` (its leading channels); its depthwise kernel
-  is cut from the largest by the kernel transformation matrices (7x7 centre -> ``7to5_matrix`` -> 5x5
-  centre -> ``5to3_matrix`` -> 3x3); SE squeezes to ``make_divisible(mid // 4, 8)``;
-- final expand (1x1, BN, h-swish), global pooling, feature mix (1x1 conv without BN, h-swish) and the
-  classifier.
+- a 3x3 stride-2 first conv and a fixed first block (depthwise 3x3, project; MobileNetV3's has a residual);
+- stages of elastic inverted-residual blocks: the first ``depth`` blocks of a stage run (ProxylessNAS's last
+  stage is one fixed block); a block's middle width is ``make_divisible(round(cin * expand), 8)`` (its
+  leading channels); its depthwise kernel is cut from the largest by the kernel transformation matrices
+  (7x7 centre -> ``7to5_matrix`` -> 5x5 centre -> ``5to3_matrix`` -> 3x3); MobileNetV3's SE squeezes to
+  ``make_divisible(mid // 4, 8)``;
+- the head: MobileNetV3's final expand (1x1, BN, h-swish), global pooling, feature mix (1x1 conv without
+  BN, h-swish) and classifier; ProxylessNAS's feature mix (1x1, BN, ReLU6), pooling and classifier.
 
-Nothing here imports ``ofa``. Layer and gene names follow bitnas's MobileNetV3 family: ``first_conv``,
+Nothing here imports ``ofa``. Layer and gene names follow bitnas's MobileNet families: ``first_conv``,
 ``first_block.dw``/``.project``, ``s{stage}.b{block}.expand_conv``/``.dw``/``.se``/``.project``,
-``final_expand``, ``feature_mix``, ``classifier``.
+``final_expand`` (MobileNetV3), ``feature_mix``, ``classifier``.
 """
 
 from __future__ import annotations
@@ -34,12 +35,6 @@ from bitnas.supernets.mbv3 import SE, MBV3BlockModule
 from bitnas.supernets.static import ConvUnit, LinearUnit, StaticNet
 from bitnas.supernets.transformer import TokenLinearUnit
 
-BASE_WIDTHS = (16, 16, 24, 40, 80, 112, 160, 960, 1280)  # first conv, first block, 5 stages, final expand, mix
-STRIDES = (1, 2, 2, 2, 1, 2)  # first block, then the 5 stages
-ACTS = ("relu", "relu", "relu", "hswish", "hswish", "hswish")
-USE_SE = (False, False, True, False, True, True)
-N_STAGES = 5
-
 
 def make_divisible(v: float, divisor: int = 8, min_val: int | None = None) -> int:
     """The once-for-all (and TF MobileNet) rounding of a channel count to a multiple of ``divisor``."""
@@ -49,10 +44,47 @@ def make_divisible(v: float, divisor: int = 8, min_val: int | None = None) -> in
 
 
 @dataclass(frozen=True)
-class OFAMBV3Def:
-    """An ``OFAMobileNetV3`` configuration: width multiplier, elastic choices, classes, input shape."""
+class OFAStage:
+    width: int  # before the width multiplier
+    stride: int
+    act: str
+    se: bool = False
+    elastic: bool = True  # False: one fixed block (ProxylessNAS's last stage)
+
+
+@dataclass(frozen=True)
+class Layout:
+    """The fixed skeleton of a once-for-all network (before the width multiplier)."""
+
+    kind: str
+    first: int
+    first_act: str
+    first_block: int
+    first_block_act: str
+    first_block_shortcut: bool  # an identity shortcut when the first block keeps the width
+    stages: tuple[OFAStage, ...]
+    final_expand: int | None  # MobileNetV3's 1x1 expand before the pooling; None: the feature mix is there
+    mix: int
+    bn_eps: float
+
+
+LAYOUTS = {
+    "mbv3": Layout("mbv3", 16, "hswish", 16, "relu", True,
+                   (OFAStage(24, 2, "relu"), OFAStage(40, 2, "relu", True), OFAStage(80, 2, "hswish"),
+                    OFAStage(112, 1, "hswish", True), OFAStage(160, 2, "hswish", True)), 960, 1280, 1e-5),
+    "proxyless": Layout("proxyless", 32, "relu6", 16, "relu6", False,
+                        (OFAStage(24, 2, "relu6"), OFAStage(40, 2, "relu6"), OFAStage(80, 2, "relu6"),
+                         OFAStage(96, 1, "relu6"), OFAStage(192, 2, "relu6"), OFAStage(320, 1, "relu6", elastic=False)),
+                        None, 1280, 1e-3),
+}
+
+
+@dataclass(frozen=True)
+class OFADef:
+    """A once-for-all configuration: layout, width multiplier, elastic choices, classes, input shape."""
 
     name: str
+    kind: str = "mbv3"
     width_mult: float = 1.0
     kernels: tuple[int, ...] = (3, 5, 7)
     expands: tuple[int, ...] = (3, 4, 6)
@@ -61,41 +93,63 @@ class OFAMBV3Def:
     in_channels: int = 3
     image_size: int = 224
     bits: tuple[Bits, ...] = (FLOAT_BITS, (8, 8))
-    bn_eps: float = 1e-5
     description: str = ""
 
     @property
-    def widths(self) -> list[int]:
-        """First conv, first block and the 5 stages' output widths, then final expand and feature mix."""
-        return [make_divisible(b * self.width_mult, 8) for b in BASE_WIDTHS]
+    def layout(self) -> Layout:
+        return LAYOUTS[self.kind]
+
+    def width(self, base: int) -> int:
+        return make_divisible(base * self.width_mult, 8)
+
+    def stage_depths(self, s: int) -> tuple[int, ...]:
+        return tuple(self.depths) if self.layout.stages[s].elastic else (1,)
+
+    @property
+    def head(self) -> tuple[str, ...]:
+        return ("final_expand", "feature_mix", "classifier") if self.layout.final_expand else ("feature_mix",
+                                                                                              "classifier")
 
     def space(self) -> SearchSpace:
         bits = tuple(self.bits)
         genes = [Gene("first_conv", bits, "policy"), Gene("first_block.dw", bits, "policy"),
                  Gene("first_block.project", bits, "policy")]
-        for s in range(N_STAGES):
-            genes.append(Gene(f"s{s}.depth", tuple(self.depths)))
-            for b in range(max(self.depths)):
-                cond = None if b < min(self.depths) else (f"s{s}.depth", b + 1)
+        for s in range(len(self.layout.stages)):
+            depths = self.stage_depths(s)
+            if len(depths) > 1:
+                genes.append(Gene(f"s{s}.depth", depths))
+            for b in range(max(depths)):
+                cond = None if b < min(depths) else (f"s{s}.depth", b + 1)
                 genes.append(Gene(f"s{s}.b{b}.kernel", tuple(self.kernels), "arch", cond))
                 genes.append(Gene(f"s{s}.b{b}.expand", tuple(self.expands), "arch", cond))
                 for part in ("expand_conv", "dw", "project"):
                     genes.append(Gene(f"s{s}.b{b}.{part}", bits, "policy", cond))
-        genes += [Gene(n, bits, "policy") for n in ("final_expand", "feature_mix", "classifier")]
+        genes += [Gene(n, bits, "policy") for n in self.head]
         return SearchSpace(self.name, genes, self.description)
 
 
-def ofa_mbv3_w10(in_channels: int = 3, image_size: int = 224, num_classes: int = 1000) -> OFAMBV3Def:
-    return OFAMBV3Def("ofa-mbv3-w1.0", 1.0, num_classes=num_classes, in_channels=in_channels,
-                      image_size=image_size,
-                      description="once-for-all MobileNetV3 w1.0 (ofa_mbv3_d234_e346_k357_w1.0): 5 stages x "
-                                  "depth {2,3,4}, kernel {3,5,7}, expansion {3,4,6}; INT8/FP32 per layer")
+_CHOICES = "depth {2,3,4}, kernel {3,5,7}, expansion {3,4,6}; INT8/FP32 per layer"
 
 
-def ofa_mbv3_w12(in_channels: int = 3, image_size: int = 224, num_classes: int = 1000) -> OFAMBV3Def:
+def ofa_mbv3_w10(in_channels: int = 3, image_size: int = 224, num_classes: int = 1000) -> OFADef:
+    return OFADef("ofa-mbv3-w1.0", "mbv3", 1.0, num_classes=num_classes, in_channels=in_channels,
+                  image_size=image_size, description="once-for-all MobileNetV3 w1.0 "
+                                                     f"(ofa_mbv3_d234_e346_k357_w1.0): 5 stages x {_CHOICES}")
+
+
+def ofa_mbv3_w12(in_channels: int = 3, image_size: int = 224, num_classes: int = 1000) -> OFADef:
     return replace(ofa_mbv3_w10(in_channels, image_size, num_classes), name="ofa-mbv3-w1.2", width_mult=1.2,
-                   description="once-for-all MobileNetV3 w1.2 (ofa_mbv3_d234_e346_k357_w1.2): 5 stages x "
-                               "depth {2,3,4}, kernel {3,5,7}, expansion {3,4,6}; INT8/FP32 per layer")
+                   description=f"once-for-all MobileNetV3 w1.2 (ofa_mbv3_d234_e346_k357_w1.2): 5 stages x {_CHOICES}")
+
+
+def ofa_proxyless_w13(in_channels: int = 3, image_size: int = 224, num_classes: int = 1000) -> OFADef:
+    return OFADef("ofa-proxyless-w1.3", "proxyless", 1.3, num_classes=num_classes, in_channels=in_channels,
+                  image_size=image_size,
+                  description="once-for-all ProxylessNAS (MobileNetV2 blocks) w1.3 (ofa_proxyless_d234_e346_k357_w1.3):"
+                              f" 5 elastic stages x {_CHOICES}, then one fixed block")
+
+
+SPACES = {"ofa-mbv3-w1.0": ofa_mbv3_w10, "ofa-mbv3-w1.2": ofa_mbv3_w12, "ofa-proxyless-w1.3": ofa_proxyless_w13}
 
 
 @dataclass(frozen=True)
@@ -120,18 +174,19 @@ class OFABlock:
         return (self.hw - 1) // self.stride + 1
 
 
-def plan(d: OFAMBV3Def, arch: dict[str, Any]) -> list[OFABlock]:
-    w = d.widths
+def plan(d: OFADef, arch: dict[str, Any]) -> list[OFABlock]:
+    """The active elastic blocks of ``arch`` in order."""
     hw = (d.image_size - 1) // 2 + 1  # after the first conv; the first block keeps it
-    cin, out = w[1], []
-    for s in range(N_STAGES):
-        for b in range(arch[f"s{s}.depth"]):
-            stride = STRIDES[s + 1] if b == 0 else 1
+    cin, out, first = d.width(d.layout.first_block), [], 1
+    for s, st in enumerate(d.layout.stages):
+        cout = d.width(st.width)
+        for b in range(arch.get(f"s{s}.depth", 1)):
+            stride = st.stride if b == 0 else 1
             k, e = arch[f"s{s}.b{b}.kernel"], arch[f"s{s}.b{b}.expand"]
-            cout = w[s + 2]
-            out.append(OFABlock(s, b, 1 + s * max(d.depths) + b, cin, make_divisible(round(cin * e), 8), cout, k,
-                                stride, hw, ACTS[s + 1], USE_SE[s + 1], stride == 1 and cin == cout))
+            out.append(OFABlock(s, b, first + b, cin, make_divisible(round(cin * e), 8), cout, k, stride, hw,
+                                st.act, st.se, stride == 1 and cin == cout))
             hw, cin = out[-1].out_hw, cout
+        first += max(d.stage_depths(s))
     return out
 
 
@@ -237,15 +292,15 @@ class _Stage(nn.Module):
 class _MBConv(nn.Module):
     """``DynamicMBConvLayer``: ``inverted_bottleneck``, ``depth_conv`` (+ ``se``), ``point_linear``."""
 
-    def __init__(self, cin: int, cout: int, d: OFAMBV3Def, stride: int, use_se: bool):
+    def __init__(self, cin: int, cout: int, d: OFADef, stride: int, use_se: bool):
         super().__init__()
-        mid = make_divisible(round(cin * max(d.expands)), 8)
-        self.inverted_bottleneck = _Stage(conv=_PointConv(cin, mid), bn=_BN(mid, d.bn_eps))
-        dc = {"conv": _DepthConv(mid, d.kernels, stride), "bn": _BN(mid, d.bn_eps)}
+        mid, eps = make_divisible(round(cin * max(d.expands)), 8), d.layout.bn_eps
+        self.inverted_bottleneck = _Stage(conv=_PointConv(cin, mid), bn=_BN(mid, eps))
+        dc = {"conv": _DepthConv(mid, d.kernels, stride), "bn": _BN(mid, eps)}
         if use_se:
             dc["se"] = _DynSE(mid)
         self.depth_conv = _Stage(**dc)
-        self.point_linear = _Stage(conv=_PointConv(mid, cout), bn=_BN(cout, d.bn_eps))
+        self.point_linear = _Stage(conv=_PointConv(mid, cout), bn=_BN(cout, eps))
 
 
 class _Residual(nn.Module):
@@ -276,8 +331,11 @@ class _Classifier(nn.Module):
         self.linear = nn.Linear(cin, n)
 
 
+_ACT = {"relu": F.relu, "relu6": F.relu6, "hswish": F.hardswish, "none": lambda y: y}
+
+
 def _act(y: torch.Tensor, act: str) -> torch.Tensor:
-    return F.relu(y) if act == "relu" else F.hardswish(y) if act == "hswish" else y
+    return _ACT[act](y)
 
 
 def _copy_conv(src: nn.Conv2d, weight: torch.Tensor, stride: int, groups: int) -> nn.Conv2d:
@@ -297,27 +355,35 @@ def _slice_bn(bn: nn.BatchNorm2d, c: int | None = None) -> nn.BatchNorm2d:
     return out.eval()
 
 
-class OFAMBV3Supernet(nn.Module):
-    """An ``OFAMobileNetV3`` supernet (``Supernet`` protocol) with the ``ofa`` package's state-dict keys."""
+class OFASupernet(nn.Module):
+    """A once-for-all supernet (``Supernet`` protocol) with the ``ofa`` package's state-dict keys."""
 
-    family = "ofa-mbv3"
-
-    def __init__(self, d: OFAMBV3Def):
+    def __init__(self, d: OFADef):
         super().__init__()
-        self.d = d
+        self.d, L = d, d.layout
+        self.family = f"ofa-{d.kind}"
         self.space = d.space()
-        w, eps = d.widths, d.bn_eps
-        self.first_conv = _conv_bn(d.in_channels, w[0], 3, 2, 1, eps)
-        blocks: list[nn.Module] = [_Residual(_FirstBlock(w[0], w[1], eps))]
-        cin = w[1]
-        for s in range(N_STAGES):
-            for b in range(max(d.depths)):
-                blocks.append(_Residual(_MBConv(cin, w[s + 2], d, STRIDES[s + 1] if b == 0 else 1, USE_SE[s + 1])))
-                cin = w[s + 2]
+        eps, w0, w1 = L.bn_eps, d.width(L.first), d.width(L.first_block)
+        self.first_conv = _conv_bn(d.in_channels, w0, 3, 2, 1, eps)
+        blocks: list[nn.Module] = [_Residual(_FirstBlock(w0, w1, eps))]
+        cin = w1
+        for s, st in enumerate(L.stages):
+            for b in range(max(d.stage_depths(s))):
+                blocks.append(_Residual(_MBConv(cin, d.width(st.width), d, st.stride if b == 0 else 1, st.se)))
+                cin = d.width(st.width)
         self.blocks = nn.ModuleList(blocks)
-        self.final_expand_layer = _conv_bn(cin, w[7], 1, 1, 1, eps)
-        self.feature_mix_layer = _conv_bn(w[7], w[8], 1, 1, 1, eps, bn=False)
-        self.classifier = _Classifier(w[8], d.num_classes)
+        mix = d.width(L.mix)
+        if L.final_expand:
+            self.final_expand_layer = _conv_bn(cin, d.width(L.final_expand), 1, 1, 1, eps)
+            self.feature_mix_layer = _conv_bn(d.width(L.final_expand), mix, 1, 1, 1, eps, bn=False)
+        else:
+            self.feature_mix_layer = _conv_bn(cin, mix, 1, 1, 1, eps)
+        self.classifier = _Classifier(mix, d.num_classes)
+
+    @property
+    def _first_residual(self) -> bool:
+        L = self.d.layout
+        return L.first_block_shortcut and self.d.width(L.first) == self.d.width(L.first_block)
 
     def load_pretrained(self, path: str | Path) -> list[str]:
         """Load a once-for-all checkpoint (``train.init``). It must hold this space's configuration; a
@@ -326,7 +392,7 @@ class OFAMBV3Supernet(nn.Module):
         d = infer_definition(state, path, in_channels=self.d.in_channels, image_size=self.d.image_size,
                              num_classes=self.d.num_classes)
         mine = replace(self.d, num_classes=d.num_classes)
-        for f in ("width_mult", "kernels", "expands", "depths", "in_channels"):
+        for f in ("kind", "width_mult", "kernels", "expands", "depths", "in_channels"):
             if getattr(d, f) != getattr(mine, f):
                 raise ConfigError(f"{path}: checkpoint has {f} {getattr(d, f)}, the space '{self.d.name}' "
                                   f"{getattr(mine, f)}")
@@ -349,10 +415,11 @@ class OFAMBV3Supernet(nn.Module):
     # ---------------------------------------------------------------- the dynamic network
     def forward(self, x: torch.Tensor, candidate: Candidate) -> torch.Tensor:
         """The candidate's float subnet, computed on the shared weights (training and accuracy)."""
-        fc, fb = self.first_conv, self.blocks[0].conv
-        x = F.hardswish(fc.bn(fc.conv(x)))
-        y = F.relu(fb.depth_conv.bn(fb.depth_conv.conv(x)))
-        x = x + fb.point_linear.bn(fb.point_linear.conv(y))
+        L, fc, fb = self.d.layout, self.first_conv, self.blocks[0].conv
+        x = _act(fc.bn(fc.conv(x)), L.first_act)
+        y = _act(fb.depth_conv.bn(fb.depth_conv.conv(x)), L.first_block_act)
+        y = fb.point_linear.bn(fb.point_linear.conv(y))
+        x = x + y if self._first_residual else y
         for bp in plan(self.d, self._arch(candidate)):
             m = self.blocks[bp.ofa_index].conv
             y = _act(m.inverted_bottleneck.bn(F.conv2d(x, m.inverted_bottleneck.conv.filter(bp.mid, bp.cin))),
@@ -364,23 +431,27 @@ class OFAMBV3Supernet(nn.Module):
                 y = dc.se(y)
             y = m.point_linear.bn(F.conv2d(y, m.point_linear.conv.filter(bp.cout, bp.mid)))
             x = x + y if bp.residual else y
-        fe = self.final_expand_layer
-        x = F.hardswish(fe.bn(fe.conv(x)))
-        x = F.hardswish(self.feature_mix_layer.conv(x.mean((2, 3), keepdim=True))).flatten(1)
+        fm = self.feature_mix_layer
+        if L.final_expand:
+            fe = self.final_expand_layer
+            x = F.hardswish(fe.bn(fe.conv(x)))
+            x = F.hardswish(fm.conv(x.mean((2, 3), keepdim=True))).flatten(1)
+        else:
+            x = F.relu6(fm.bn(fm.conv(x))).mean((2, 3))
         return self.classifier.linear(x)
 
     # ---------------------------------------------------------------- static subnets
     def extract(self, candidate: Candidate) -> StaticNet:
         """The candidate's static float subnet with inherited weights (BatchNorm unfolded, eval mode)."""
-        d, w = self.d, self.d.widths
-        fc, fb = self.first_conv, self.blocks[0].conv
+        d, L = self.d, self.d.layout
+        fc, fb, w0 = self.first_conv, self.blocks[0].conv, d.width(L.first)
         body: list[nn.Module] = [ConvUnit("first_conv", _copy_conv(fc.conv, fc.conv.weight, 2, 1),
-                                          _slice_bn(fc.bn), "hswish")]
+                                          _slice_bn(fc.bn), L.first_act)]
         body.append(MBV3BlockModule(
-            None, ConvUnit("first_block.dw", _copy_conv(fb.depth_conv.conv, fb.depth_conv.conv.weight, 1, w[0]),
-                           _slice_bn(fb.depth_conv.bn), "relu"),
+            None, ConvUnit("first_block.dw", _copy_conv(fb.depth_conv.conv, fb.depth_conv.conv.weight, 1, w0),
+                           _slice_bn(fb.depth_conv.bn), L.first_block_act),
             None, ConvUnit("first_block.project", _copy_conv(fb.point_linear.conv, fb.point_linear.conv.weight, 1, 1),
-                           _slice_bn(fb.point_linear.bn), "none"), w[0] == w[1]))
+                           _slice_bn(fb.point_linear.bn), "none"), self._first_residual))
         for bp in plan(d, self._arch(candidate)):
             m, n = self.blocks[bp.ofa_index].conv, f"s{bp.stage}.b{bp.index}"
             ib, dc, pl = m.inverted_bottleneck, m.depth_conv, m.point_linear
@@ -392,31 +463,37 @@ class OFAMBV3Supernet(nn.Module):
             project = ConvUnit(f"{n}.project", _copy_conv(pl.conv.conv, pl.conv.filter(bp.cout, bp.mid), 1, 1),
                                pl.bn.slice(bp.cout), "none")
             body.append(MBV3BlockModule(expand, dw, se, project, bp.residual))
-        fe, fm = self.final_expand_layer, self.feature_mix_layer
-        body.append(ConvUnit("final_expand", _copy_conv(fe.conv, fe.conv.weight, 1, 1), _slice_bn(fe.bn), "hswish"))
-        mix = nn.Linear(w[7], w[8])
-        with torch.no_grad():
-            mix.weight.copy_(fm.conv.weight[:, :, 0, 0])
-            mix.bias.zero_()
-        body.append(LinearUnit("feature_mix", mix, act="hswish"))
-        cls = nn.Linear(w[8], d.num_classes)
+        fm, mix_w = self.feature_mix_layer, d.width(L.mix)
+        cls = nn.Linear(mix_w, d.num_classes)
         cls.load_state_dict(self.classifier.linear.state_dict())
-        body.append(TokenLinearUnit("classifier", cls))
+        if L.final_expand:
+            fe = self.final_expand_layer
+            body.append(ConvUnit("final_expand", _copy_conv(fe.conv, fe.conv.weight, 1, 1), _slice_bn(fe.bn),
+                                 "hswish"))
+            mix = nn.Linear(d.width(L.final_expand), mix_w)
+            with torch.no_grad():
+                mix.weight.copy_(fm.conv.weight[:, :, 0, 0])
+                mix.bias.zero_()
+            body += [LinearUnit("feature_mix", mix, act="hswish"), TokenLinearUnit("classifier", cls)]
+        else:
+            body += [ConvUnit("feature_mix", _copy_conv(fm.conv, fm.conv.weight, 1, 1), _slice_bn(fm.bn), "relu6"),
+                     LinearUnit("classifier", cls)]
         return StaticNet(body).eval()
 
     # ---------------------------------------------------------------- what the LUT prices
     def layers(self, candidate: Candidate) -> list[LayerSpec]:
         c = self.space.validate(candidate)
-        pol, d, w = c.policy_dict, self.d, self.d.widths
+        pol, d, L = c.policy_dict, self.d, self.d.layout
+        w0, w1 = d.width(L.first), d.width(L.first_block)
 
         def spec(name: str, **kw: Any) -> LayerSpec:
             return LayerSpec(name=name, **kw).with_bits(pol.get(name, FLOAT_BITS))
 
         hw = (d.image_size - 1) // 2 + 1
-        out = [spec("first_conv", op="conv", cin=d.in_channels, cout=w[0], kernel=3, stride=2, hw=d.image_size,
-                    act="hswish"),
-               spec("first_block.dw", op="conv", cin=w[0], cout=w[0], kernel=3, groups=w[0], hw=hw, act="relu"),
-               spec("first_block.project", op="conv", cin=w[0], cout=w[1], hw=hw, residual=w[0] == w[1])]
+        out = [spec("first_conv", op="conv", cin=d.in_channels, cout=w0, kernel=3, stride=2, hw=d.image_size,
+                    act=L.first_act),
+               spec("first_block.dw", op="conv", cin=w0, cout=w0, kernel=3, groups=w0, hw=hw, act=L.first_block_act),
+               spec("first_block.project", op="conv", cin=w0, cout=w1, hw=hw, residual=self._first_residual)]
         for bp in plan(d, c.arch_dict):
             n = f"s{bp.stage}.b{bp.index}"
             out.append(spec(f"{n}.expand_conv", op="conv", cin=bp.cin, cout=bp.mid, hw=bp.hw, act=bp.act))
@@ -427,20 +504,26 @@ class OFAMBV3Supernet(nn.Module):
             out.append(spec(f"{n}.project", op="conv", cin=bp.mid, cout=bp.cout, hw=bp.out_hw,
                             residual=bp.residual))
             hw = bp.out_hw
-        out.append(spec("final_expand", op="conv", cin=w[6], cout=w[7], hw=hw, act="hswish"))
-        out.append(spec("feature_mix", op="linear", cin=w[7], cout=w[8], hw=hw, act="hswish"))
-        out.append(spec("classifier", op="dense", cin=w[8], cout=d.num_classes, hw=1))
+        last, mix = d.width(L.stages[-1].width), d.width(L.mix)
+        if L.final_expand:
+            fe = d.width(L.final_expand)
+            out.append(spec("final_expand", op="conv", cin=last, cout=fe, hw=hw, act="hswish"))
+            out.append(spec("feature_mix", op="linear", cin=fe, cout=mix, hw=hw, act="hswish"))
+            out.append(spec("classifier", op="dense", cin=mix, cout=d.num_classes, hw=1))
+        else:
+            out.append(spec("feature_mix", op="conv", cin=last, cout=mix, hw=hw, act="relu6"))
+            out.append(spec("classifier", op="linear", cin=mix, cout=d.num_classes, hw=hw))
         return out
 
     def _deepest(self) -> dict[str, Any]:
         """An arch at every stage's largest depth: its plan has every block position of the space."""
         arch = {g.name: g.options[0] for g in self.space.genes if g.kind == "arch"}
-        arch.update({f"s{s}.depth": max(self.d.depths) for s in range(N_STAGES)})
+        arch.update({g.name: max(g.options) for g in self.space.genes if g.name.endswith(".depth")})
         return arch
 
     def _block_variants(self) -> list[tuple[LayerSpec, ...]]:
         """Every block position at every kernel and expansion (float): a position's input width and side
-        are fixed (once-for-all MobileNetV3 has no elastic width), so this is every block of the space."""
+        are fixed (these once-for-all spaces have no elastic width), so this is every block of the space."""
         out = []
         for bp in plan(self.d, self._deepest()):
             for k in self.d.kernels:
@@ -458,7 +541,7 @@ class OFAMBV3Supernet(nn.Module):
         """Every distinct float LayerSpec of the space: the fixed layers and every block variant's."""
         fixed = self.layers(self.space.make(self._deepest()))
         seen: dict[str, LayerSpec] = {}
-        for ls in [s.with_bits(FLOAT_BITS) for s in fixed[:3] + fixed[-3:]] + [
+        for ls in [s.with_bits(FLOAT_BITS) for s in fixed[:3] + fixed[-len(self.d.head):]] + [
                 ls for blk in self._block_variants() for ls in blk]:
             seen.setdefault(ls.key, ls)
         return list(seen.values())
@@ -471,7 +554,10 @@ class OFAMBV3Supernet(nn.Module):
 
 
 # --------------------------------------------------------------------------- once-for-all checkpoints
-OFA_NAME = re.compile(r"ofa_mbv3_d(?P<d>\d+)_e(?P<e>\d+)_k(?P<k>\d+)_w(?P<w>[0-9.]+?)(?:\.pth?)?$")
+OFA_NAME = re.compile(r"ofa_(?P<kind>mbv3|proxyless)_d(?P<d>\d+)_e(?P<e>\d+)_k(?P<k>\d+)_w(?P<w>[0-9.]+?)"
+                      r"(?:\.pth?)?$")
+NETWORK = {"mbv3": "OFAMobileNetV3", "proxyless": "OFAProxylessNASNets"}
+WIDTHS = (1.0, 1.2, 1.3, 0.75, 0.5, 1.25, 1.5, 2.0)
 
 
 def _key_variants(key: str) -> list[str]:
@@ -501,54 +587,54 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
 
 def infer_definition(state: dict[str, torch.Tensor], path: str | Path, in_channels: int | None = None,
                      image_size: int = 224, num_classes: int | None = None,
-                     depths: tuple[int, ...] | None = None, expands: tuple[int, ...] | None = None) -> OFAMBV3Def:
-    """The ``OFAMobileNetV3`` configuration a checkpoint holds: width from the first conv, kernels from the
-    transformation matrices, the largest expansion and depth from the shapes, the rest from the
-    checkpoint's once-for-all name (``ofa_mbv3_d234_e346_k357_w1.0``) or the arguments."""
+                     depths: tuple[int, ...] | None = None, expands: tuple[int, ...] | None = None) -> OFADef:
+    """The once-for-all configuration a checkpoint holds: the network from its keys (MobileNetV3 has a final
+    expand layer), the width from the first conv and the last stage, kernels from the transformation
+    matrices, the largest expansion and depth from the shapes, the rest from the checkpoint's once-for-all
+    name (``ofa_mbv3_d234_e346_k357_w1.0``) or the arguments."""
     path = Path(path)
+    kind = "mbv3" if any(k.startswith("final_expand_layer.") for k in state) else "proxyless"
+    L = LAYOUTS[kind]
 
     def need(key: str) -> torch.Tensor:
         for k in _key_variants(key):
             if k in state:
                 return state[k]
-        raise ConfigError(f"{path}: not an OFAMobileNetV3 checkpoint: no '{key}'")
+        raise ConfigError(f"{path}: not an {NETWORK[kind]} checkpoint: no '{key}'")
 
     first = need("first_conv.conv.weight")
-    width = None
-    for wm in (1.0, 1.2, 0.75, 0.5, 1.25, 1.5, 2.0):
-        if make_divisible(16 * wm, 8) == first.shape[0] and make_divisible(160 * wm, 8) == need(
-                "final_expand_layer.conv.weight").shape[1]:
-            width = wm
-            break
+    last = need("final_expand_layer.conv.weight" if L.final_expand else "feature_mix_layer.conv.weight").shape[1]
+    width = next((wm for wm in WIDTHS if make_divisible(L.first * wm, 8) == first.shape[0]
+                  and make_divisible(L.stages[-1].width * wm, 8) == last), None)
     if width is None:
-        raise ConfigError(f"{path}: first conv width {first.shape[0]} matches no OFAMobileNetV3 width multiplier")
+        raise ConfigError(f"{path}: first conv width {first.shape[0]} and last stage width {last} match no "
+                          f"{NETWORK[kind]} width multiplier")
     m = OFA_NAME.search(path.name)
+    ib = need("blocks.1.conv.inverted_bottleneck.conv.conv.weight")
     kernels = sorted({int(k.split("to")[1].split("_")[0]) for k in state if k.endswith("_matrix")}
                      | {need("blocks.1.conv.depth_conv.conv.conv.weight").shape[-1]})
     n_blocks = 1 + max(int(k.split(".")[1]) for k in state if k.startswith("blocks."))
-    dmax = (n_blocks - 1) // N_STAGES
-    emax = need("blocks.1.conv.inverted_bottleneck.conv.conv.weight").shape[0] / need(
-        "blocks.1.conv.inverted_bottleneck.conv.conv.weight").shape[1]
+    fixed = sum(not st.elastic for st in L.stages)
+    dmax = (n_blocks - 1 - fixed) // (len(L.stages) - fixed)
     if depths is None:
         depths = tuple(int(c) for c in m.group("d")) if m else tuple(range(2, dmax + 1))
     if expands is None:
         expands = tuple(int(c) for c in m.group("e")) if m else (3, 4, 6)
     if max(depths) != dmax:
         raise ConfigError(f"{path}: holds {dmax} blocks per stage, but the depths are {list(depths)}")
-    if make_divisible(round(need("blocks.1.conv.inverted_bottleneck.conv.conv.weight").shape[1] * max(expands)),
-                      8) != need("blocks.1.conv.inverted_bottleneck.conv.conv.weight").shape[0]:
-        raise ConfigError(f"{path}: the first block's middle width ({emax:.2g}x its input) is not the largest "
-                          f"expansion {max(expands)}")
-    base = ofa_mbv3_w12 if width == 1.2 else ofa_mbv3_w10
-    name = base().name if width in (1.0, 1.2) else f"ofa-mbv3-w{width}"
-    d = replace(base(in_channels or first.shape[1], image_size, num_classes or need("classifier.linear.weight").shape[0]),
-                name=name, width_mult=width, kernels=tuple(kernels), depths=tuple(depths), expands=tuple(expands))
+    if make_divisible(round(ib.shape[1] * max(expands)), 8) != ib.shape[0]:
+        raise ConfigError(f"{path}: the first block's middle width ({ib.shape[0] / ib.shape[1]:.2g}x its input) "
+                          f"is not the largest expansion {max(expands)}")
+    name = next((n for n, f in SPACES.items() if (f().kind, f().width_mult) == (kind, width)),
+                f"ofa-{kind}-w{width}")
+    d = OFADef(name, kind, width, tuple(kernels), tuple(expands), tuple(depths),
+               num_classes or need("classifier.linear.weight").shape[0], in_channels or first.shape[1], image_size)
     if d.in_channels != first.shape[1]:
         raise ConfigError(f"{path}: the first conv reads {first.shape[1]} channels, not {d.in_channels}")
     return d
 
 
-def load_ofa_weights(net: OFAMBV3Supernet, state: dict[str, torch.Tensor], path: str | Path,
+def load_ofa_weights(net: OFASupernet, state: dict[str, torch.Tensor], path: str | Path,
                      skip: tuple[str, ...] = ()) -> None:
     """Copy a once-for-all state dict into ``net``; the first key that is missing or has another shape is
     named. Keys starting with one of ``skip`` keep ``net``'s own values."""
@@ -574,24 +660,24 @@ def load_ofa_weights(net: OFAMBV3Supernet, state: dict[str, torch.Tensor], path:
 
 
 def checkpoint_space(path: str | Path) -> tuple[str, str, int]:
-    """(family, space, input channels) of a once-for-all MobileNetV3 checkpoint; a configuration bitnas has
-    no space for is refused, naming what it holds."""
+    """(family, space, input channels) of a once-for-all checkpoint; a configuration bitnas has no space for
+    is refused, naming what it holds."""
     d = infer_definition(read_state_dict(path), path)
-    factory = {"ofa-mbv3-w1.0": ofa_mbv3_w10, "ofa-mbv3-w1.2": ofa_mbv3_w12}.get(d.name)
-    known = factory() if factory else None
+    known = SPACES[d.name]() if d.name in SPACES else None
     if known is None or (known.kernels, known.expands, known.depths) != (d.kernels, d.expands, d.depths):
-        raise ConfigError(f"{path}: holds OFAMobileNetV3 width {d.width_mult}, kernels {list(d.kernels)}, "
-                          f"expansions {list(d.expands)}, depths {list(d.depths)}; bitnas has the released "
-                          "spaces ofa-mbv3-w1.0 and ofa-mbv3-w1.2 (d234_e346_k357)")
-    return "ofa-mbv3", d.name, d.in_channels
+        raise ConfigError(f"{path}: holds {NETWORK[d.kind]} width {d.width_mult}, kernels {list(d.kernels)}, "
+                          f"expansions {list(d.expands)}, depths {list(d.depths)}; bitnas has the released spaces "
+                          f"{', '.join(SPACES)} (d234_e346_k357)")
+    return f"ofa-{d.kind}", d.name, d.in_channels
 
 
 def _register() -> None:
     from bitnas.supernets.families import BuiltinFamily, register_family, sandwich_train
 
-    register_family(BuiltinFamily(
-        "ofa-mbv3", OFAMBV3Supernet, {"ofa-mbv3-w1.0": ofa_mbv3_w10, "ofa-mbv3-w1.2": ofa_mbv3_w12},
-        sandwich_train, "once-for-all MobileNetV3 (the ofa package's OFAMobileNetV3), read from its checkpoints"))
+    for kind in LAYOUTS:
+        register_family(BuiltinFamily(
+            f"ofa-{kind}", OFASupernet, {n: f for n, f in SPACES.items() if f().kind == kind}, sandwich_train,
+            f"once-for-all {NETWORK[kind]} (the ofa package's), read from its checkpoints"))
 
 
 _register()
