@@ -54,7 +54,7 @@ class TrainSection(StrictModel):
     checkpoint: str | None = Field(None, description="a trained supernet (weights-only .pt) to use instead of "
                                                      "training; relative to the project file")
     init: str | None = Field(None, description="weights to start training from: a once-for-all checkpoint "
-                                               "(family ofa-mbv3) or a bitnas supernet checkpoint; `epochs` then "
+                                               "(families ofa-mbv3, ofa-proxyless) or a bitnas checkpoint; `epochs` then "
                                                "fine-tune them (0: use them as they are); relative to the project")
     epochs: int = Field(12, ge=0, description="supernet training epochs (0 only with `init`)")
     batch_size: int = Field(64, ge=1, description="training batch size")
@@ -328,7 +328,10 @@ class Project:
             init = None
             if t.init:
                 path = self.resolve_path(t.init)
-                for note in load_pretrained(net, path, shape):
+                notes = load_pretrained(net, path, shape)
+                if notes and t.epochs == 0:
+                    raise ConfigError(f"{self.source}: train.epochs is 0, but {path}: {notes[0]}")
+                for note in notes:
                     ui.console.print(f"{path}: {note}")
                 init = sha256_file(path)[:16]
             settings = TrainSettings(epochs=t.epochs, batch_size=t.batch_size, lr=t.lr, n_random=t.n_random,

@@ -237,3 +237,17 @@ def test_import_refuses_the_wrong_format_and_uses_the_weights_as_they_are(tmp_pa
         want = ofa_net.get_active_subnet(preserve_weight=True).eval()(x)
         got = net.extract(net.space.largest()).eval()(x)
     assert (got - want).abs().max().item() <= 1e-5
+
+
+def test_a_head_for_other_classes_needs_fine_tuning(tmp_path):
+    from bitnas.cli import main
+    from bitnas.errors import ConfigError
+    from bitnas.project import Project
+
+    ckpt = tmp_path / "ofa_mbv3_d234_e346_k357_w1.0.pth"
+    torch.save({"state_dict": _random_ofa(1.0, 5, seed=7).state_dict()}, ckpt)  # 5 classes, digits has 10
+    run = tmp_path / "p"
+    assert main(["import-supernet", "--format", "ofa-mbv3", "--checkpoint", str(ckpt), "--out", str(run),
+                 "--image-size", "32"]) == 0
+    with pytest.raises(ConfigError, match=r"train.epochs is 0, but .*classifier for 5 classes left out"):
+        Project.load(run).supernet()
