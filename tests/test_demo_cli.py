@@ -59,19 +59,30 @@ def _run(capsys, *args):
 
 
 def test_run_gives_the_same_top1_on_every_runtime(demo_run, digits, tmp_path, capsys):
+    """Every runtime runs the artifact to the same logits, up to its own rounding: a top-1 may differ only
+    where ONNX Runtime's two best classes are closer than twice the largest logit difference measured."""
     summary, _ = demo_run
     x = tmp_path / "val.npy"
     np.save(x, digits.x_val)
-    tops = {}
+    logits = {}
     for backend in ("ort", "openvino", "tvm"):
-        code, stdout, err = _run(capsys, "run", str(_artifact(summary)), "--backend", backend, "--input", str(x))
+        code, stdout, err = _run(capsys, "run", str(_artifact(summary)), "--backend", backend, "--input", str(x),
+                                 "--logits")
         assert code == 0, err
         result = json.loads(stdout)
         assert result["shape"] == [len(digits.x_val), 10]
-        tops[backend] = np.array(result["top1"])
-    assert (tops["ort"] == tops["openvino"]).mean() >= 0.99
-    assert (tops["ort"] == tops["tvm"]).mean() >= 0.99
-    assert (tops["ort"] == digits.y_val).mean() > 0.5
+        logits[backend] = np.array(result["logits"])
+        assert np.array_equal(np.array(result["top1"]), logits[backend].argmax(1))
+    ref = logits["ort"]
+    top2 = np.sort(ref, axis=1)[:, -2:]
+    margin = top2[:, 1] - top2[:, 0]
+    for other in ("openvino", "tvm"):
+        diff = np.abs(logits[other] - ref).max()
+        assert diff < 0.1 * (ref.max() - ref.min()), (other, diff)
+        flipped = logits[other].argmax(1) != ref.argmax(1)
+        assert flipped.mean() <= 0.02, (other, flipped.mean())
+        assert np.all(margin[flipped] <= 2 * diff), (other, margin[flipped], diff)
+    assert (ref.argmax(1) == digits.y_val).mean() > 0.5
 
 
 def test_run_one_image_prints_logits(demo_run, digits, tmp_path, capsys):
