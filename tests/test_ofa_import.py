@@ -182,7 +182,7 @@ def test_an_ofa_checkpoint_goes_through_import_profile_search_compile_verify_gat
     assert cfg["family"] == {"name": "ofa-mbv3", "space": "ofa-mbv3-w1.0"} and cfg["data"]["channels"] == 3
     cfg["train"].update({"n_random": 1, "lr": 0.05})
     cfg["search"].update({"searcher": "random", "budget": 3, "pop_size": 3, "calib_batches": 2})
-    cfg["compile"]["passes"] = quick_compile_passes(["ort", "openvino", "tvm"], 10)
+    cfg["compile"]["passes"] = quick_compile_passes(["ort", "openvino"], 10)
     (run / "project.yaml").write_text(yaml.safe_dump(cfg))
     art, man = cli_train_to_artifact(run, repeats=3)
     capsys.readouterr()
@@ -190,12 +190,24 @@ def test_an_ofa_checkpoint_goes_through_import_profile_search_compile_verify_gat
     assert train["settings"]["init"] and len(train["history"]) == 3
     assert train["history"][-1]["acc_largest"] > 0.8  # fine-tuned: accuracy means something
     assert man["family"] == {"name": "ofa-mbv3", "space": "ofa-mbv3-w1.0"}
-    for b in ("ort", "openvino", "tvm"):
+    for b in ("ort", "openvino"):
         # 20 blocks of mixed INT8/FP32 after 3 epochs (val accuracy ~0.7): the simulation and INC's QDQ
         # graph differ by up to ~0.5 logits at precision switches (uniform INT8 agrees on 99.7%)
         assert man["measured"][b]["top1_agreement_vs_fakequant"] >= 0.95, (b, man["measured"][b])
         assert man["measured"][b]["accuracy"] > 0.5, (b, man["measured"][b])
-    assert main(["verify", str(art), "--backend", "ort"]) == 0  # checksums; TVM was run by Verify (its compile is slow)
+    assert main(["verify", str(art), "--backend", "ort"]) == 0  # checksums, then a run
+    # TVM runs the artifact to ONNX Runtime's logits (one TVM build: its compile of this network is slow)
+    from bitnas.project import Project
+    from tests.conftest import assert_same_top1
+
+    x = tmp_path / "val.npy"
+    np.save(x, Project.load(run).data().x_val)
+    logits = {}
+    for backend in ("ort", "tvm"):
+        capsys.readouterr()
+        assert main(["run", str(art), "--backend", backend, "--input", str(x), "--logits"]) == 0
+        logits[backend] = np.array(json.loads(capsys.readouterr().out)["logits"])
+    assert_same_top1(logits["ort"], logits["tvm"], "tvm", max_flipped=0.1)  # a 0.7-accuracy model: many near-ties
     assert main(["gate", "--baseline", str(art / "manifest.json"), "--current", str(art / "manifest.json")]) == 0
 
 
