@@ -209,11 +209,7 @@ class _BN(nn.Module):
                             bn.momentum, bn.eps)
 
     def slice(self, c: int) -> nn.BatchNorm2d:
-        out = nn.BatchNorm2d(c, eps=self.bn.eps)
-        with torch.no_grad():
-            for a in ("weight", "bias", "running_mean", "running_var"):
-                getattr(out, a).copy_(getattr(self.bn, a)[:c])
-        return out.eval()
+        return _slice_bn(self.bn, c)
 
 
 class _PointConv(nn.Module):
@@ -338,7 +334,7 @@ def _act(y: torch.Tensor, act: str) -> torch.Tensor:
     return _ACT[act](y)
 
 
-def _copy_conv(src: nn.Conv2d, weight: torch.Tensor, stride: int, groups: int) -> nn.Conv2d:
+def _copy_conv(weight: torch.Tensor, stride: int, groups: int) -> nn.Conv2d:
     cout, cin_g, k, _ = weight.shape
     conv = nn.Conv2d(cin_g * groups, cout, k, stride, k // 2, groups=groups, bias=False)
     with torch.no_grad():
@@ -445,22 +441,22 @@ class OFASupernet(nn.Module):
         """The candidate's static float subnet with inherited weights (BatchNorm unfolded, eval mode)."""
         d, L = self.d, self.d.layout
         fc, fb, w0 = self.first_conv, self.blocks[0].conv, d.width(L.first)
-        body: list[nn.Module] = [ConvUnit("first_conv", _copy_conv(fc.conv, fc.conv.weight, 2, 1),
+        body: list[nn.Module] = [ConvUnit("first_conv", _copy_conv(fc.conv.weight, 2, 1),
                                           _slice_bn(fc.bn), L.first_act)]
         body.append(MBV3BlockModule(
-            None, ConvUnit("first_block.dw", _copy_conv(fb.depth_conv.conv, fb.depth_conv.conv.weight, 1, w0),
+            None, ConvUnit("first_block.dw", _copy_conv(fb.depth_conv.conv.weight, 1, w0),
                            _slice_bn(fb.depth_conv.bn), L.first_block_act),
-            None, ConvUnit("first_block.project", _copy_conv(fb.point_linear.conv, fb.point_linear.conv.weight, 1, 1),
+            None, ConvUnit("first_block.project", _copy_conv(fb.point_linear.conv.weight, 1, 1),
                            _slice_bn(fb.point_linear.bn), "none"), self._first_residual))
         for bp in plan(d, self._arch(candidate)):
             m, n = self.blocks[bp.ofa_index].conv, f"s{bp.stage}.b{bp.index}"
             ib, dc, pl = m.inverted_bottleneck, m.depth_conv, m.point_linear
-            expand = ConvUnit(f"{n}.expand_conv", _copy_conv(ib.conv.conv, ib.conv.filter(bp.mid, bp.cin), 1, 1),
+            expand = ConvUnit(f"{n}.expand_conv", _copy_conv(ib.conv.filter(bp.mid, bp.cin), 1, 1),
                               ib.bn.slice(bp.mid), bp.act)
-            dw = ConvUnit(f"{n}.dw", _copy_conv(dc.conv.conv, dc.conv.filter(bp.mid, bp.kernel), bp.stride, bp.mid),
+            dw = ConvUnit(f"{n}.dw", _copy_conv(dc.conv.filter(bp.mid, bp.kernel), bp.stride, bp.mid),
                           dc.bn.slice(bp.mid), bp.act)
             se = dc.se.extract(f"{n}.se", bp.mid) if bp.se else None
-            project = ConvUnit(f"{n}.project", _copy_conv(pl.conv.conv, pl.conv.filter(bp.cout, bp.mid), 1, 1),
+            project = ConvUnit(f"{n}.project", _copy_conv(pl.conv.filter(bp.cout, bp.mid), 1, 1),
                                pl.bn.slice(bp.cout), "none")
             body.append(MBV3BlockModule(expand, dw, se, project, bp.residual))
         fm, mix_w = self.feature_mix_layer, d.width(L.mix)
@@ -468,7 +464,7 @@ class OFASupernet(nn.Module):
         cls.load_state_dict(self.classifier.linear.state_dict())
         if L.final_expand:
             fe = self.final_expand_layer
-            body.append(ConvUnit("final_expand", _copy_conv(fe.conv, fe.conv.weight, 1, 1), _slice_bn(fe.bn),
+            body.append(ConvUnit("final_expand", _copy_conv(fe.conv.weight, 1, 1), _slice_bn(fe.bn),
                                  "hswish"))
             mix = nn.Linear(d.width(L.final_expand), mix_w)
             with torch.no_grad():
@@ -476,7 +472,7 @@ class OFASupernet(nn.Module):
                 mix.bias.zero_()
             body += [LinearUnit("feature_mix", mix, act="hswish"), TokenLinearUnit("classifier", cls)]
         else:
-            body += [ConvUnit("feature_mix", _copy_conv(fm.conv, fm.conv.weight, 1, 1), _slice_bn(fm.bn), "relu6"),
+            body += [ConvUnit("feature_mix", _copy_conv(fm.conv.weight, 1, 1), _slice_bn(fm.bn), "relu6"),
                      LinearUnit("classifier", cls)]
         return StaticNet(body).eval()
 
