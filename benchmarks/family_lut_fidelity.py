@@ -32,6 +32,8 @@ def main() -> int:
     ap.add_argument("--families", nargs="+", default=sorted(SPACES))
     ap.add_argument("--samples", type=int, default=50)
     ap.add_argument("--calibrate", type=int, default=40)
+    ap.add_argument("--repeats", type=int, default=60, help="profile: timed runs per unit model")
+    ap.add_argument("--rounds", type=int, default=3, help="profile: interleaved passes the repeats are split into")
     ap.add_argument("--note", default="")
     ap.add_argument("--merge", action="store_true",
                     help="keep the rows of the existing JSON for the targets and families not rerun")
@@ -47,7 +49,7 @@ def main() -> int:
             shape = ["--space", space, "--family", fam, "--image-size", str(size)]
             t0 = time.perf_counter()
             run(["bitnas", "profile", "--target", target, *shape, "--out", str(lut), "--statistic", "p10",
-                 "--calibrate", str(args.calibrate)])
+                 "--calibrate", str(args.calibrate), "--repeats", str(args.repeats), "--rounds", str(args.rounds)])
             profile_s = time.perf_counter() - t0
             report = json.loads(run(["bitnas", "lut", "validate", "--lut", str(lut), *shape, "--samples",
                                      str(args.samples), "--plot", str(work / f"{target}_{space}.validate.png"),

@@ -4,8 +4,9 @@ A network's predicted latency is the sum of its units' latencies. Each entry was
 (or one-block) model, so each includes the runtime's fixed per-call cost once; the table stores that cost
 (the latency of a trivial model) and counts it once per network instead of once per entry.
 
-Fusion: a block of a network (an inverted-residual block, a bottleneck, an SE block: consecutive conv or
-SE layers of one module scope that chain into each other) is the unit a runtime fuses. A block measured
+Fusion: a block of a network (an inverted-residual block, a bottleneck with its projection shortcut, an SE
+block: consecutive conv or SE layers of one module scope that chain into each other) is the unit a runtime
+fuses. A block measured
 whole is used as measured; any other block is its layers' sum times a learned correction (a
 gradient-boosted regressor over the block's features, fitted on the measured blocks), and the prediction
 carries the regressor's cross-validated error as its uncertainty.
@@ -47,16 +48,28 @@ def scope(name: str) -> str:
     return name.rpartition(".")[0]
 
 
+def is_shortcut(unit: list[LayerSpec], s: LayerSpec) -> bool:
+    """True when ``s`` is the projection shortcut that closes the block ``unit``: a conv of the same module
+    scope that reads the unit's input and gives what the unit's last layer, a residual one, adds."""
+    first, last = unit[0], unit[-1]
+    return (s.op == "conv" and last.op == "conv" and last.residual and bool(scope(s.name))
+            and scope(s.name) == scope(last.name) and s.cin == first.cin and s.hw == first.hw
+            and s.cout == last.out_channels and s.out_hw == last.out_hw)
+
+
 def extends_unit(unit: list[LayerSpec], s: LayerSpec) -> bool:
-    """True when ``s`` continues ``unit``: same module scope, and it reads what the unit's last layer gives."""
+    """True when ``s`` continues ``unit``: same module scope, and it reads what the unit's last layer gives,
+    or it is the block's projection shortcut (``is_shortcut``)."""
     last = unit[-1]
-    return (s.op in UNIT_OPS and last.op in UNIT_OPS and bool(scope(s.name)) and scope(s.name) == scope(last.name)
-            and s.cin == last.out_channels and s.hw == last.out_hw)
+    chained = (s.op in UNIT_OPS and last.op in UNIT_OPS and bool(scope(s.name)) and scope(s.name) == scope(last.name)
+               and s.cin == last.out_channels and s.hw == last.out_hw)
+    return chained or is_shortcut(unit, s)
 
 
 def group_units(layers: list[LayerSpec]) -> list[list[LayerSpec]]:
-    """Split a network's layers (in forward order) into fusion units: blocks of two or more chained layers of
-    one module scope, and lone layers (a block's shortcut conv, which reads the block input, stays lone)."""
+    """Split a network's layers (in forward order) into fusion units: blocks of two or more layers of one
+    module scope that chain, a bottleneck's projection shortcut (which reads the block input) last, and lone
+    layers."""
     units: list[list[LayerSpec]] = []
     for s in layers:
         if units and extends_unit(units[-1], s):

@@ -5,7 +5,8 @@ module of its op: Conv with folded BN, its activation and residual Add; GlobalAv
 a token Gemm between Reshapes; attention; squeeze-and-excitation; LayerNormalization. A spec it cannot
 build is refused by name. INT8 entries are quantized by the same static quantizer the compiler uses, so
 the LUT times the graph the artifact will contain. Fusion units (whole inverted-residual blocks) are built
-the same way, chained, the residual adding the block's input. Measurements run in interleaved chunks;
+the same way, chained, the residual adding the earliest tensor of the unit with its shape (the block's
+input), or the output of the block's projection shortcut, which reads the unit's input. Measurements run in interleaved chunks;
 each finished chunk is checkpointed atomically.
 """
 
@@ -25,7 +26,7 @@ from onnx import TensorProto, helper, numpy_helper
 from bitnas.backends.base import Backend, Measurement, interleaved_samples, interleaved_timing
 from bitnas.errors import LutError, UnknownLayerError, UserError
 from bitnas.io import atomic_write_json, sha256_bytes
-from bitnas.latency_luts.lut import VERSION, LatencyTable, block_key, table_from_results
+from bitnas.latency_luts.lut import VERSION, LatencyTable, block_key, is_shortcut, table_from_results
 from bitnas.passes.export_onnx import INPUT_NAME, OUTPUT_NAME
 from bitnas.passes.inc_ptq import inc_quantize_qdq
 from bitnas.space import FLOAT_BITS, Bits, LayerSpec
@@ -118,7 +119,9 @@ def input_shapes(specs: Sequence[LayerSpec]) -> dict[str, list[int]]:
         raise UserError("a unit to profile needs at least one layer")
     for s in specs:
         check_layer(s)
-    for prev, s in zip(specs, specs[1:]):
+    for i, (prev, s) in enumerate(zip(specs, specs[1:]), 1):
+        if i == len(specs) - 1 and is_shortcut(specs[:i], s):
+            continue
         if _in_shape(s) != _out_shape(prev):
             raise UnknownLayerError(f"{_label(s)}: reads {_in_shape(s)} but the unit's previous layer "
                                     f"{prev.name or prev.key} gives {_out_shape(prev)}")
@@ -258,16 +261,25 @@ def unit_model(specs: Sequence[LayerSpec], seed: int = 0) -> onnx.ModelProto:
 
     Each op is built as ``torch.onnx.export`` (opset 17) emits bitnas's module of it. The Conv/Gemm of a
     quantizable layer is named ``layer`` (one layer) or ``layer0``, ``layer1``... In a multi-layer unit a
-    residual layer adds the unit's input when that has the layer's output shape.
+    residual layer adds the earliest tensor of the unit with its output shape (the block's input), or the
+    output of the block's projection shortcut (``is_shortcut``), which is built first and reads the unit's input.
     """
     specs = list(specs)
     shapes = input_shapes(specs)
     u = _Unit(np.random.default_rng(seed))
+    n = len(specs)
+    chain = specs
+    tensors = [(INPUT_NAME, shapes[INPUT_NAME])]  # the unit's tensors a residual may add, earliest first
+    if n > 1 and is_shortcut(specs[:-1], specs[-1]):  # the projection shortcut runs first, on the unit's input
+        chain = specs[:-1]
+        sc = _BUILDERS["conv"](u, specs[-1], INPUT_NAME, f"{LAYER_NODE}{n - 1}", _prefix(n - 1, n), None)
+        tensors = [(sc, _out_shape(specs[-1]))]
     y = INPUT_NAME
-    for i, spec in enumerate(specs):
-        node = LAYER_NODE if len(specs) == 1 else f"{LAYER_NODE}{i}"
-        skip = INPUT_NAME if len(specs) > 1 and shapes[INPUT_NAME] == _out_shape(spec) else None
-        y = _BUILDERS[spec.op](u, spec, y, node, _prefix(i, len(specs)), skip)
+    for i, spec in enumerate(chain):
+        node = LAYER_NODE if n == 1 else f"{LAYER_NODE}{i}"
+        skip = next((t for t, shape in tensors if shape == _out_shape(spec)), None) if n > 1 else None
+        y = _BUILDERS[spec.op](u, spec, y, node, _prefix(i, n), skip)
+        tensors.append((y, _out_shape(spec)))
     u.node("Identity", [y], "out", out=OUTPUT_NAME)
     inputs = [helper.make_tensor_value_info(n, TensorProto.FLOAT, s) for n, s in shapes.items()]
     out = helper.make_tensor_value_info(OUTPUT_NAME, TensorProto.FLOAT, _out_shape(specs[-1]))

@@ -83,10 +83,19 @@ def test_every_family_block_is_a_fusion_unit_the_lut_measures(space, family, siz
             assert len(names) == 1  # a unit never spans two blocks
             if len(unit) > 1:
                 assert tuple(s.key for s in unit) in keys
-    if family == "resnet":  # a bottleneck is conv1-conv2-conv3; its shortcut reads the block input, alone
+    if family == "resnet":  # a bottleneck is conv1-conv2-conv3, then the projection shortcut, one unit
         layers = net.layers(net.space.sample(rng))
-        shortcut = [u for u in group_units(layers) if u[0].name.endswith("shortcut")]
-        assert shortcut and all(len(u) == 1 for u in shortcut)
+        with_shortcut = [u for u in group_units(layers) if any(s.name.endswith("shortcut") for s in u)]
+        assert with_shortcut and all([s.name.rpartition(".")[2] for s in u] == ["conv1", "conv2", "conv3", "shortcut"]
+                                     for u in with_shortcut)
+        model = unit_model(with_shortcut[0])  # the residual adds the shortcut's output, which reads the input
+        nodes = {n.name: n for n in model.graph.node}
+        assert list(nodes["layer3"].input)[0] == "input"
+        assert "layer3_out" in nodes["l2_residual"].input
+        stems = (group_units(net.layers(net.space.sample(rng)))[0] for _ in range(100))
+        stem = next(u for u in stems if len(u) == 3)  # its residual conv adds its input, conv1's output
+        nodes = {n.name: n for n in unit_model(stem).graph.node}
+        assert list(nodes["l1_residual"].input) == ["l0_act_out", "l1_act_out"]
     else:  # the squeeze-excite sits inside its block
         assert any([s.op for s in u] == ["conv", "conv", "se", "conv"] for u in units)
     unit_model(units[0])  # buildable
