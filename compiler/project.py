@@ -18,7 +18,7 @@ from typing import Any, Literal
 
 import numpy as np
 import yaml
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, field_validator
 
 from bitnas import ui
 from bitnas.config import StrictModel, load_config, validate_config
@@ -56,7 +56,8 @@ class TrainSection(StrictModel):
     init: str | None = Field(None, description="weights to start training from: a once-for-all checkpoint "
                                                "(families ofa-mbv3, ofa-proxyless) or a bitnas checkpoint; `epochs` then "
                                                "fine-tune them (0: use them as they are); relative to the project")
-    epochs: int = Field(12, ge=0, description="supernet training epochs (0 only with `init`)")
+    epochs: int = Field(12, ge=0, description="supernet training epochs (0 only with `init`, `checkpoint` or an "
+                                               "adapter's trained supernet)")
     batch_size: int = Field(64, ge=1, description="training batch size")
     lr: float | None = Field(None, gt=0.0, description="peak learning rate (cosine schedule); default: the "
                                                        "family's (0.05 SGD, 0.004 AdamW)")
@@ -65,12 +66,6 @@ class TrainSection(StrictModel):
     optimizer: Literal["sgd", "adamw"] | None = Field(None, description="default: the family's")
     float_epochs: int = Field(0, ge=0, description="low-bit (QFA) spaces: float epochs before the bit stages")
     stage1_epochs: int | None = Field(None, ge=0, description="low-bit spaces: epochs of low bits + float")
-
-    @model_validator(mode="after")
-    def _trained_somehow(self) -> TrainSection:
-        if self.epochs == 0 and not self.init and not self.checkpoint:
-            raise ValueError("epochs: 0 trains nothing; give `init` (weights to use) or `checkpoint`")
-        return self
 
 
 class LutSection(StrictModel):
@@ -202,7 +197,12 @@ class Project:
             fam_name = cfg.family.name or family_of_space(cfg.family.space)
         except UserError as exc:
             raise ConfigError(f"{source}: key 'family.space': {exc}") from None
-        self.family = check_family(self._unit("families", fam_name, "family.name"), f"{source}: family.name")
+        self.family = check_family(self._unit("families", fam_name, "family.name"), f"{source}: family.name",
+                                   fam_name)
+        t = cfg.train
+        if t.epochs == 0 and not t.init and not t.checkpoint and not getattr(self.family, "pretrained", False):
+            raise ConfigError(f"{source}: key 'train.epochs': 0 trains nothing; give train.init (weights to use) "
+                              "or train.checkpoint")
         if cfg.family.space not in self.family.spaces():
             raise ConfigError(f"{source}: key 'family.space': family '{self.family.name}' has no space "
                               f"'{cfg.family.space}' (it has: {', '.join(sorted(self.family.spaces()))})")

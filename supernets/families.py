@@ -102,7 +102,13 @@ def register_family(family: Any) -> Any:
     return FAMILIES.register(family.name, family)
 
 
-def check_family(family: Any, where: str) -> Any:
+def check_family(family: Any, where: str, ref: str = "") -> Any:
+    """``family`` if it is a family; an adapter of a user's supernet (``space`` and ``extract``, see
+    ``bitnas.supernets.adapter``) as its family; else one error naming what it lacks."""
+    from bitnas.supernets.adapter import AdapterFamily, is_adapter
+
+    if is_adapter(family):
+        return AdapterFamily(family, ref or getattr(family, "name", "") or where)
     for attr in ("name", "spaces", "build", "train"):
         if not hasattr(family, attr):
             raise ConfigError(f"{where}: {family!r} is not a bitnas family (it lacks '{attr}'; see bitnas.api.Family)")
@@ -129,7 +135,8 @@ def trainable_spaces() -> list[str]:
 def build_supernet(space: str, family: str | None = None, in_channels: int = 1, image_size: int = 32,
                    num_classes: int = 10) -> Any:
     """The (untrained) supernet of ``space``, of ``family`` or of whichever family has that space."""
-    fam = check_family(FAMILIES.get(family or family_of_space(space), "family.name"), "family.name")
+    ref = family or family_of_space(space)
+    fam = check_family(FAMILIES.get(ref, "family.name"), "family.name", ref)
     if space not in fam.spaces():
         raise SpaceError(f"family '{fam.name}' has no space '{space}'; it has: {', '.join(sorted(fam.spaces()))}")
     net = fam.build(space, in_channels=in_channels, image_size=image_size, num_classes=num_classes)

@@ -234,12 +234,31 @@ def _attention(g: _Graph, sm: onnx.NodeProto, used: set[int]) -> LayerSpec | Non
 
 def graph_layers(model: onnx.ModelProto | str | Path | Any) -> list[LayerSpec]:
     """The layers an exported graph computes, in graph order, with the bits recorded on it (float if none)."""
-    from bitnas.passes.assign_bits import read_layer_bits
+    return _match(_load(model))[0]
 
+
+# nodes that only move, view or convert data: no layer pattern needs to cover them
+GLUE_OPS = frozenset({"Constant", "Identity", "Flatten", "Reshape", "Squeeze", "Unsqueeze", "Transpose", "Shape",
+                      "Gather", "Cast", "QuantizeLinear", "DequantizeLinear"})
+
+
+def unprofiled_nodes(model: onnx.ModelProto | str | Path | Any) -> list[onnx.NodeProto]:
+    """The nodes of a graph that compute something no layer pattern covers (what no LUT entry can price)."""
+    model = _load(model)
+    _, used, g = _match(model)
+    return [n for i, n in enumerate(g.nodes) if i not in used and n.op_type not in GLUE_OPS]
+
+
+def _load(model: onnx.ModelProto | str | Path | Any) -> onnx.ModelProto:
     if hasattr(model, "path") and not isinstance(model, onnx.ModelProto):
         model = model.path
-    if not isinstance(model, onnx.ModelProto):
-        model = onnx.load(str(model))
+    return model if isinstance(model, onnx.ModelProto) else onnx.load(str(model))
+
+
+def _match(model: onnx.ModelProto) -> tuple[list[LayerSpec], set[int], _Graph]:
+    """The graph's layers in graph order, the indices of the nodes their patterns cover, and the graph."""
+    from bitnas.passes.assign_bits import read_layer_bits
+
     g = _Graph(model)
     bits = read_layer_bits(model)
     used: set[int] = set()
@@ -266,6 +285,7 @@ def graph_layers(model: onnx.ModelProto | str | Path | Any) -> list[LayerSpec]:
             cout, cin = (w[0], w[1]) if _trans_b(n) else (w[1], w[0])
             src = g.source(n.input[0], skip_shapes=True)
             if src is not None and src.op_type == "GlobalAveragePool":
+                used.add(g.index[id(src)])
                 spec = LayerSpec("linear", cin, cout, hw=g.shapes[src.input[0]][2], name=n.name,
                                  **_epilogue(g, n.output[0], used, shapes_between=False))
             else:
@@ -274,7 +294,7 @@ def graph_layers(model: onnx.ModelProto | str | Path | Any) -> list[LayerSpec]:
         if spec is not None:
             used.add(i)
             found.append((i, spec.with_bits(bits.get(spec.name, FLOAT_BITS))))
-    return [s for _, s in sorted(found, key=lambda p: p[0])]
+    return [s for _, s in sorted(found, key=lambda p: p[0])], used, g
 
 
 def compare_layers(expected: Sequence[LayerSpec], got: Sequence[LayerSpec], where: str = "") -> None:

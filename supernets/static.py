@@ -100,18 +100,24 @@ class ConvUnit(QuantUnit):
         return self._act_q(y)
 
 
-class LinearUnit(QuantUnit):
-    """Global average pooling + fully connected layer (+ activation)."""
+class FcUnit(QuantUnit):
+    """A fully connected layer (+ activation) on whatever its input is (a user's own network's ``nn.Linear``)."""
 
     def __init__(self, layer_name: str, fc: nn.Linear, act: str = "none"):
         super().__init__(layer_name, act)
         self.fc = fc
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = torch.flatten(F.adaptive_avg_pool2d(x, 1), 1)
         x = self._q_in(x)
         fc = self.fc
         return self._act_q(F.linear(x, self._weight(fc.weight), self._bias(fc.bias, fc.weight)))
+
+
+class LinearUnit(FcUnit):
+    """Global average pooling + fully connected layer (+ activation)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
 
 
 class InvertedResidual(nn.Module):
@@ -131,9 +137,9 @@ class InvertedResidual(nn.Module):
 class StaticNet(nn.Module):
     """A plain sequence of modules whose quantizable layers are ``QuantUnit``s named after policy genes."""
 
-    def __init__(self, body: Iterable[nn.Module]):
+    def __init__(self, body: Iterable[nn.Module] | nn.Module):
         super().__init__()
-        self.body = nn.Sequential(*body)
+        self.body = body if isinstance(body, nn.Module) else nn.Sequential(*body)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.body(x)

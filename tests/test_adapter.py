@@ -1,0 +1,213 @@
+"""A supernet written in plain PyTorch (not a bitnas family, not once-for-all) plugs in through the adapter:
+``space`` and ``extract`` only; bitnas lifts the subnet, derives its layers from the graph, and takes it
+to an artifact with no edit to bitnas."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from torch import nn
+
+from bitnas.errors import ConfigError, UnknownLayerError, UserError
+from bitnas.supernets.adapter import AdapterFamily, lift
+from bitnas.supernets.graphcheck import check_family_layers, graph_layers
+from tests.plugins import plainnet
+
+REF = "tests.plugins.plainnet:SUPERNET"
+
+
+def _adapted(obj=None):
+    return AdapterFamily(obj if obj is not None else plainnet.PlainSupernet(), REF).build("plainnet", 1, 16, 10)
+
+
+def test_lifted_subnets_compute_the_users_subnet_and_layers_come_from_the_graph():
+    torch.manual_seed(0)
+    user = plainnet.PlainSupernet().eval()
+    net = _adapted(user)
+    # one policy gene per quantizable layer of the largest subnet, named after its module path
+    assert [g.name for g in net.space.policy_genes] == ["stem"] + [f"stages.{s}.{b}.conv{i}" for s in (0, 1)
+                                                                   for b in (0, 1) for i in (1, 2)] + ["fc"]
+    x = torch.randn(4, 1, 16, 16)
+    rng = np.random.default_rng(0)
+    for _ in range(6):
+        c = net.space.sample(rng)
+        lifted = net.extract(c)
+        with torch.no_grad():
+            ref = user.extract(c)(x)
+            assert torch.allclose(lifted(x), ref, atol=1e-6)
+            assert torch.allclose(user(x, c.arch_dict), ref, atol=1e-5)
+        # each Conv2d takes its BatchNorm and activation; layer names are the module paths
+        units = {u.layer_name: u for u in lifted.units()}
+        assert units["stages.0.0.conv1"].act == "relu6" and units["stages.0.0.conv1"].bn is not None
+        assert units["stem"].act == "relu" and units["fc"].act == "none"
+        layers = net.layers(c)
+        policy = c.policy_dict
+        assert [s.name for s in layers] == list(units)
+        assert all(s.bits == tuple(policy[s.name]) for s in layers)
+        depth1 = c.arch_dict["s1.depth"]
+        assert sum(s.residual for s in layers if s.name.startswith("stages.1.")) == depth1 - 1
+    # memoized per architecture: the policy changes the bits, never triggers another export
+    archs = len(net._layers)
+    c = net.space.sample(np.random.default_rng(0))
+    net.layers(net.space.make(c.arch_dict, {g.name: (8, 8) for g in net.space.policy_genes}))
+    assert len(net._layers) == archs
+    check_family_layers(net, samples=2)  # what profile runs first: layers() agree with every export
+    specs = net.all_layer_specs()
+    assert len({s.key for s in specs}) == len(specs) and all(s.bits == (32, 32) for s in specs)
+
+
+class _Pooled(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(1, 8, 3, padding=1)
+        self.pool = nn.MaxPool2d(2)
+        self.fc = nn.Linear(8, 10)
+
+    def forward(self, x):
+        x = self.pool(torch.relu(self.conv(x)))
+        return self.fc(torch.flatten(nn.functional.adaptive_avg_pool2d(x, 1), 1))
+
+
+class _Adapter:
+    """A minimal adapter: a space and an extract."""
+
+    input_shape = (1, 16, 16)
+
+    def __init__(self, make, layers=None):
+        from bitnas.space import Gene, SearchSpace
+
+        self.space = SearchSpace("tiny", [Gene("w", (8,))], "one subnet")
+        self._make = make
+        if layers is not None:
+            self.layers = layers
+
+    def extract(self, candidate):
+        return self._make()
+
+
+def test_an_op_bitnas_cannot_profile_is_refused_naming_module_and_op():
+    with pytest.raises(UnknownLayerError, match=r"module 'pool' computes MaxPool"):
+        _adapted(_Adapter(_Pooled))
+
+
+def test_extract_that_is_not_a_traceable_module_is_one_clear_error():
+    class Branchy(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(1, 4, 3)
+
+        def forward(self, x):
+            return self.conv(x) if x.sum() > 0 else x  # data-dependent: fx cannot trace it
+
+    with pytest.raises(UserError, match="torch.fx cannot trace Branchy"):
+        lift(Branchy())
+    with pytest.raises(UserError, match="returned dict, not a torch.nn.Module"):
+        _adapted(_Adapter(dict))
+    with pytest.raises(UnknownLayerError, match="conv '0' has dilation"):
+        lift(nn.Sequential(nn.Conv2d(1, 4, 3, dilation=2)))
+
+
+def test_a_hand_written_layers_is_checked_against_the_graph():
+    from bitnas.space import FLOAT_BITS, LayerSpec
+
+    def wrong(c):  # the stem conv's stride is 2 in this list, 1 in the module
+        return [LayerSpec("conv", 1, 8, 3, 2, 1, 16, "relu", name="conv").with_bits(FLOAT_BITS),
+                LayerSpec("linear", 8, 10, hw=8, name="fc").with_bits(FLOAT_BITS)]
+
+    class Plain(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(1, 8, 3, padding=1)
+            self.fc = nn.Linear(8, 10)
+
+        def forward(self, x):
+            x = torch.relu(self.conv(x))
+            return self.fc(torch.flatten(nn.functional.adaptive_avg_pool2d(x, 1), 1))
+
+    adapter = _Adapter(Plain, layers=wrong)
+    from bitnas.space import Gene, SearchSpace
+
+    adapter.space = SearchSpace("tiny", [Gene("w", (8,)), Gene("conv", ((32, 32), (8, 8)), "policy"),
+                                         Gene("fc", ((32, 32), (8, 8)), "policy")], "")
+    net = _adapted(adapter)
+    with pytest.raises(UserError, match="layer 'conv': layers\\(\\) says stride 2, the exported graph has 1"):
+        check_family_layers(net, samples=0)
+    assert [s.name for s in graph_layers_of(net)] == ["conv", "fc"]
+
+
+def graph_layers_of(net):
+    import tempfile
+
+    from bitnas.passes.export_onnx import export_static
+
+    with tempfile.TemporaryDirectory() as tmp:
+        return graph_layers(export_static(net.extract(net.space.largest()), Path(tmp) / "m.onnx", (1, 16, 16)))
+
+
+def test_pretrained_weights_load_weights_only_and_a_wrong_key_is_named(tmp_path):
+    user = plainnet.PlainSupernet()
+    net = _adapted(user)
+    state = {k: v.clone() + 1 for k, v in user.state_dict().items()}
+    good = tmp_path / "w.pt"
+    torch.save(state, good)
+    assert net.load_pretrained(good) == []
+    assert torch.equal(user.stem.weight, state["stem.weight"])
+    bad = tmp_path / "bad.pt"
+    torch.save({**state, "stemm.weight": state["stem.weight"]}, bad)
+    with pytest.raises(UserError, match="key 'stemm.weight' is not a parameter"):
+        net.load_pretrained(bad)
+    short = tmp_path / "short.pt"
+    torch.save({**state, "fc.weight": state["fc.weight"][:5]}, short)
+    with pytest.raises(UserError, match=r"'fc.weight' has shape \(5, 24\)"):
+        net.load_pretrained(short)
+    with pytest.raises(ConfigError, match="which bitnas does not train; set train.epochs: 0"):
+        AdapterFamily(user, REF).train(net, None, type("S", (), {"epochs": 3, "init": None})())
+
+
+def test_a_plain_pytorch_supernet_goes_to_a_verified_artifact(tmp_path, capsys):
+    """The user's supernet, trained by the user's own loop, through profile, search, compile, verify, gate."""
+    from bitnas.cli import main
+    from bitnas.project import Project
+    from tests.conftest import quick_compile_passes
+
+    run = tmp_path / "run"
+    run.mkdir()
+    cfg = {"seed": 0, "family": {"name": REF, "space": "plainnet"}, "data": {"image_size": 16},
+           "train": {"init": str(tmp_path / "weights.pt"), "epochs": 0},
+           "search": {"searcher": "random", "budget": 4, "pop_size": 4, "calib_batches": 1},
+           "compile": {"passes": quick_compile_passes(["ort", "openvino"], 20)}}
+    (run / "project.yaml").write_text(yaml.safe_dump(cfg))
+    data = Project.load(run / "project.yaml").data()
+    user = plainnet.PlainSupernet()
+    plainnet.train_sandwich(user, data.x_train, data.y_train, epochs=4)
+    torch.save(user.state_dict(), tmp_path / "weights.pt")
+
+    assert main(["train", "--project", str(run)]) == 0
+    assert main(["profile", "--project", str(run), "--repeats", "5", "--rounds", "1", "--warmup", "1"]) == 0
+    lut = json.loads((run / "lut.json").read_text())
+    assert lut["space"] == "plainnet" and lut["blocks"]  # its blocks (conv1, conv2 of one module) measured whole
+    assert main(["search", "--project", str(run)]) == 0
+    assert main(["compile", "--project", str(run), "--pick", "knee"]) == 0
+    (art,) = list((run / "artifacts").iterdir())
+    man = json.loads((art / "manifest.json").read_text())
+    assert man["family"]["space"] == "plainnet"
+    for b in ("ort", "openvino"):
+        assert man["measured"][b]["top1_agreement_vs_fakequant"] >= 0.99, man["measured"][b]
+        assert man["measured"][b]["accuracy"] > 0.5
+    assert main(["verify", str(art)]) == 0
+    assert main(["gate", "--baseline", str(art / "manifest.json"), "--current", str(art / "manifest.json")]) == 0
+
+
+def test_epochs_zero_needs_weights_unless_the_adapter_brings_them(tmp_path):
+    from bitnas.project import Project, ProjectConfig
+
+    with pytest.raises(ConfigError, match="train.epochs': 0 trains nothing"):
+        Project(ProjectConfig.model_validate({"train": {"epochs": 0}}), tmp_path / "a")
+    p = Project(ProjectConfig.model_validate({"family": {"name": REF, "space": "plainnet"},
+                                              "train": {"epochs": 0}}), tmp_path / "b")
+    assert p.family.name == REF and p.family.pretrained
