@@ -126,11 +126,13 @@ class LayerSpec:
     - ``se``: squeeze-and-excitation on a ``cin``-channel ``hw`` x ``hw`` map: GlobalAveragePool, Gemm to
       ``cout`` channels, Relu, Gemm back to ``cin``, HardSigmoid, Mul with the map. Float.
     - ``layernorm``: LayerNormalization over the ``cin`` features of each of ``hw`` tokens. Float.
+    - ``maxpool``, ``avgpool``: MaxPool or AveragePool of ``kernel`` x ``kernel`` windows at ``stride`` on a
+      ``cin``-channel map (``cout == cin``), padded as a conv is. Float (no weights).
 
     ``name`` is the layer's name in the network and is not part of the key.
     """
 
-    op: Literal["conv", "linear", "dense", "attention", "se", "layernorm"]
+    op: Literal["conv", "linear", "dense", "attention", "se", "layernorm", "maxpool", "avgpool"]
     cin: int
     cout: int
     kernel: int = 1
@@ -182,7 +184,7 @@ class LayerSpec:
             return 2 * self.cin * self.cout
         if self.op == "layernorm":
             return 2 * self.cin
-        if self.op == "attention":
+        if self.op in ("attention", "maxpool", "avgpool"):
             return 0
         return self.cout * (self.cin // self.groups) * self.kernel * self.kernel
 
@@ -198,12 +200,14 @@ class LayerSpec:
             return self.weight_count + self.cin * self.hw * self.hw * 2
         if self.op == "layernorm":
             return 4 * self.cin * self.hw
+        if self.op in ("maxpool", "avgpool"):  # one compare or add per window element
+            return self.cin * self.kernel * self.kernel * self.out_hw * self.out_hw
         return self.weight_count * self.out_hw * self.out_hw
 
     @property
     def size_bytes(self) -> float:
         """Weights at ``w_bits`` plus a float32 bias per output channel."""
-        if self.op == "attention":
+        if self.op in ("attention", "maxpool", "avgpool"):
             return 0.0
         if self.op == "se":
             return self.weight_count * self.w_bits / 8.0 + (self.cin + self.cout) * 4

@@ -37,8 +37,10 @@ CPU_BITS: tuple[Bits, ...] = (FLOAT_BITS, (8, 8))
 OVERHEAD = "__overhead__"
 ACTS = ("none", "relu", "relu6", "hswish", "gelu")
 OP_ACTS: dict[str, tuple[str, ...]] = {"conv": ACTS, "linear": ACTS, "dense": ACTS, "attention": ("none",),
-                                       "se": ("none",), "layernorm": ("none",)}
-FLOAT_OPS = ("attention", "se", "layernorm")
+                                       "se": ("none",), "layernorm": ("none",), "maxpool": ("none",),
+                                       "avgpool": ("none",)}
+POOL_OPS = ("maxpool", "avgpool")
+FLOAT_OPS = ("attention", "se", "layernorm", *POOL_OPS)
 TOKEN_OPS = ("dense", "attention", "layernorm")  # read [1, hw, cin] tokens; the others an NCHW map
 RESIDUAL_OPS = ("conv", "dense")
 LAYERNORM_EPS = 1e-5  # nn.LayerNorm's default
@@ -71,6 +73,11 @@ def check_layer(spec: LayerSpec) -> None:
         refuse(f"op '{spec.op}' has no residual add")
     if spec.act_after_add and not spec.residual:
         refuse("act_after_add needs a residual add")
+    if spec.op in POOL_OPS:
+        if spec.cout != spec.cin or spec.groups != 1:
+            refuse(f"op '{spec.op}' keeps the channels: cout {spec.cout} must equal cin {spec.cin}, groups 1")
+        if spec.out_hw < 1:
+            refuse(f"a {spec.kernel}x{spec.kernel} window does not fit a {spec.hw}x{spec.hw} map")
     if spec.op == "conv":
         if spec.residual and spec.stride != 1:
             refuse("a residual add needs stride 1")
@@ -245,6 +252,15 @@ def _se(u: _Unit, spec: LayerSpec, x: str, node: str, prefix: str, skip: str | N
     return u.node("Mul", [x, s], f"{prefix}excite")
 
 
+def _pool(u: _Unit, spec: LayerSpec, x: str, node: str, prefix: str, skip: str | None) -> str:
+    """MaxPool or AveragePool (as nn.MaxPool2d / nn.AvgPool2d export), padded as a conv of that kernel is."""
+    p = spec.padding
+    attrs: dict[str, Any] = {"kernel_shape": [spec.kernel] * 2, "strides": [spec.stride] * 2, "pads": [p] * 4}
+    if spec.op == "avgpool":
+        return u.node("AveragePool", [x], node, count_include_pad=0, **attrs)
+    return u.node("MaxPool", [x], node, **attrs)
+
+
 def _layernorm(u: _Unit, spec: LayerSpec, x: str, node: str, prefix: str, skip: str | None) -> str:
     """LayerNormalization over the last axis (nn.LayerNorm at opset 17)."""
     scale = u.init(f"{prefix}gamma", u.rng.normal(1, 0.1, spec.cin))
@@ -253,7 +269,8 @@ def _layernorm(u: _Unit, spec: LayerSpec, x: str, node: str, prefix: str, skip: 
 
 
 _BUILDERS: dict[str, Callable[..., str]] = {"conv": _conv, "linear": _linear, "dense": _dense,
-                                            "attention": _attention, "se": _se, "layernorm": _layernorm}
+                                            "attention": _attention, "se": _se, "layernorm": _layernorm,
+                                            "maxpool": _pool, "avgpool": _pool}
 
 
 def unit_model(specs: Sequence[LayerSpec], seed: int = 0) -> onnx.ModelProto:

@@ -21,7 +21,7 @@ from bitnas.supernets.static import QuantUnit, StaticNet, fold_bn
 INPUT_NAME = "input"
 OUTPUT_NAME = "logits"
 QUANT_OPS = ("Conv", "Gemm")
-NAMED_OPS = QUANT_OPS + ("LayerNormalization", "Softmax")  # nodes named after the layer they belong to
+NAMED_OPS = QUANT_OPS + ("LayerNormalization", "Softmax", "MaxPool", "AveragePool")  # named after their layer
 
 
 @dataclass

@@ -3,8 +3,8 @@
 A user's adapter is any object with
 
 - ``space``: a ``bitnas.space.SearchSpace``. Its arch genes are the user's; if it has no policy genes,
-  bitnas adds one per quantizable layer of the largest subnet (options ``bits``, default FP32 and INT8),
-  named after the layer;
+  bitnas adds one per quantizable layer (conv, linear) of the largest subnet (options ``bits``, default
+  FP32 and INT8), named after the layer;
 - ``extract(candidate) -> nn.Module``: the static subnet with the supernet's weights, any plain PyTorch
   module (``nn.Conv2d``, ``nn.BatchNorm2d``, ``nn.Linear``, activations as modules or functions, residual
   adds in ``forward``) that ``torch.fx`` can trace;
@@ -16,8 +16,8 @@ and optionally ``layers(candidate)`` (a hand-written layer list, checked against
 bitnas lifts the extracted module into its own static form (each Conv2d with its BatchNorm and activation,
 each Linear, becomes a quantizable unit named after the module's path), and derives the ``LayerSpec``s from
 the ONNX graph of that subnet, the way nn-Meter detects kernels: memoized per architecture, so search pays
-one export per distinct subnet. An op no layer pattern covers (a MaxPool, a Concat) is refused by name,
-with the module that computes it. A project names the adapter as ``family: {name: "package.module:attr"}``.
+one export per distinct subnet. An op no layer pattern covers (a Concat, a MaxPool padded unlike a conv)
+is refused by name, with the module that computes it. A project names the adapter as ``family: {name: "package.module:attr"}``.
 """
 
 from __future__ import annotations
@@ -191,7 +191,9 @@ class AdaptedSupernet(nn.Module):
         if not space.policy_genes:
             bits = tuple(tuple(b) for b in getattr(adapter, "bits", DEFAULT_BITS))
             largest = self._graph_layers(space.largest())
-            self.space = _with_policy_genes(space, [s.name for s in largest], bits)
+            from bitnas.latency_luts.profiler import FLOAT_OPS
+
+            self.space = _with_policy_genes(space, [s.name for s in largest if s.op not in FLOAT_OPS], bits)
 
     # the protocol ------------------------------------------------------------------------------------
     def extract(self, candidate: Candidate) -> StaticNet:
@@ -273,11 +275,11 @@ class AdaptedSupernet(nn.Module):
                 scopes = module_scopes(static)
                 node = bad[0]
                 qn = scopes.get(node.name.rsplit("/", 1)[0], (node.name, None))[0]
-                qn = qn[len("body."):] if qn.startswith("body.") else qn
+                qn = qn[len("body."):] if qn.startswith("body.") else "" if qn == "body" else qn
                 msg = (f"{self.where}: module '{qn or '(top level)'}' computes {node.op_type} (ONNX node "
                        f"{node.name}), which bitnas cannot profile; layers it profiles: Conv2d (+BatchNorm, "
-                       f"activation, residual add), global pooling + Linear, Linear on tokens, LayerNorm, attention, "
-                       f"squeeze-excite")
+                       f"activation, residual add), max and average pooling padded as a conv is, global pooling + "
+                       f"Linear, Linear on tokens, LayerNorm, attention, squeeze-excite")
                 self._unprofiled[key] = msg
                 raise UnknownLayerError(msg)
             self._layers[key] = graph_layers(model)

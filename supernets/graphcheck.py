@@ -4,7 +4,7 @@ The patterns are nn-Meter's kernels, one per ``LayerSpec`` op: Conv, then its ac
 Clip = relu6, HardSwish or HardSigmoid * x, Gelu or its Erf form) and a residual Add, in either order;
 GlobalAveragePool, Flatten, Gemm (``linear``); a Gemm on a 2-D view of tokens (``dense``), its activation
 and residual Add; squeeze-and-excitation (``se``); LayerNormalization; MatMul, Softmax, MatMul
-(``attention``). Reshapes and QuantizeLinear/DequantizeLinear pairs between the nodes of a pattern are
+(``attention``); MaxPool and AveragePool padded as a conv is (``maxpool``, ``avgpool``). Reshapes and QuantizeLinear/DequantizeLinear pairs between the nodes of a pattern are
 looked through, so a quantized artifact reads as its float graph.
 
 A residual Add belongs to the first layer, in graph order, whose output reaches it and nothing else.
@@ -232,6 +232,24 @@ def _attention(g: _Graph, sm: onnx.NodeProto, used: set[int]) -> LayerSpec | Non
     return LayerSpec("attention", width, width, groups=heads, hw=tokens, name=sm.name)
 
 
+def _pool(g: _Graph, n: onnx.NodeProto) -> LayerSpec | None:
+    """A square MaxPool/AveragePool padded as a conv of its kernel is (k // 2 odd, 0 even); else None (no
+    ``LayerSpec`` prices it, and the adapter refuses it by name)."""
+    attrs = {a.name: (list(a.ints) if a.ints else a.i) for a in n.attribute}
+    k, s = attrs.get("kernel_shape") or [0], attrs.get("strides") or [1]
+    pads = attrs.get("pads") or [0] * 4
+    x = g.shapes[n.input[0]]
+    if len(x) != 4 or len(set(k)) != 1 or len(set(s)) != 1 or len(set(pads)) != 1 or x[2] != x[3]:
+        return None
+    spec = LayerSpec("maxpool" if n.op_type == "MaxPool" else "avgpool", x[1], x[1], kernel=k[0], stride=s[0],
+                     hw=x[2], name=n.name)
+    out = g.shapes.get(n.output[0])
+    if pads[0] != spec.padding or any(v != 1 for v in (attrs.get("dilations") or [1])) or \
+            (out is not None and out[2] != spec.out_hw):  # ceil_mode that changes the size
+        return None
+    return spec
+
+
 def graph_layers(model: onnx.ModelProto | str | Path | Any) -> list[LayerSpec]:
     """The layers an exported graph computes, in graph order, with the bits recorded on it (float if none)."""
     return _match(_load(model))[0]
@@ -271,6 +289,8 @@ def _match(model: onnx.ModelProto) -> tuple[list[LayerSpec], set[int], _Graph]:
             spec = _se(g, n, used)
         elif n.op_type == "Softmax":
             spec = _attention(g, n, used)
+        elif n.op_type in ("MaxPool", "AveragePool"):
+            spec = _pool(g, n)
         elif n.op_type == "LayerNormalization":
             shape = g.shapes[n.input[0]]
             spec = LayerSpec("layernorm", shape[-1], shape[-1], hw=int(np.prod(shape[1:-1])), name=n.name)

@@ -24,7 +24,7 @@ from bitnas.space import FLOAT_BITS, Bits, Candidate, LayerSpec, SearchSpace
 from bitnas.supernets.mbv2 import ElasticBN, _crop
 from bitnas.supernets.paper_spaces import mbv3_genes
 from bitnas.supernets.qat import BatchQuant, BitQuantizers, FrozenWeightQuant
-from bitnas.supernets.static import ConvUnit, LinearUnit, StaticNet
+from bitnas.supernets.static import SE, ConvUnit, InvertedResidual, LinearUnit, StaticNet
 
 
 @dataclass(frozen=True)
@@ -256,35 +256,6 @@ class ElasticSE(nn.Module):
         return se
 
 
-class SE(nn.Module):
-    """Static squeeze-and-excitation (float): GlobalAveragePool, Gemm, Relu, Gemm, HardSigmoid, Mul."""
-
-    def __init__(self, layer_name: str, c: int, r: int):
-        super().__init__()
-        self.layer_name = layer_name
-        self.reduce = nn.Linear(c, r)
-        self.expand = nn.Linear(r, c)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        s = F.relu(self.reduce(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1)))
-        return x * F.hardsigmoid(self.expand(s))[:, :, None, None]
-
-
-class MBV3BlockModule(nn.Module):
-    """Static MobileNetV3 block: expand (none at expansion 1), depthwise, optional SE, project, optional residual."""
-
-    def __init__(self, expand: ConvUnit | None, dw: ConvUnit, se: SE | None, project: ConvUnit, residual: bool):
-        super().__init__()
-        self.expand, self.dw, self.se, self.project, self.residual = expand, dw, se, project, residual
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.dw(self.expand(x) if self.expand is not None else x)
-        if self.se is not None:
-            y = self.se(y)
-        y = self.project(y)
-        return x + y if self.residual else y
-
-
 class ElasticMBV3Block(nn.Module):
     def __init__(self, cin: int, cout: int, kmax: int, emax: int, stride: int, se: bool, bits: set[int]):
         super().__init__()
@@ -359,13 +330,12 @@ class MBV3Supernet(nn.Module):
                                                    pol["stem"], q)]
         for bp in plan(d, arch):
             blk, n = self.blocks[f"s{bp.stage}_b{bp.index}"], f"s{bp.stage}.b{bp.index}"
-            body.append(MBV3BlockModule(
+            body.append(InvertedResidual(
                 blk.expand_conv.extract(f"{n}.expand_conv", bp.cin, bp.mid, 1, bp.act, pol[f"{n}.expand_conv"],
                                         q),
                 blk.dw.extract(f"{n}.dw", bp.mid, bp.mid, bp.kernel, bp.act, pol[f"{n}.dw"], q),
-                blk.se.extract(f"{n}.se", bp.mid) if blk.se is not None else None,
                 blk.project.extract(f"{n}.project", bp.mid, bp.cout, 1, "none", pol[f"{n}.project"], q),
-                bp.residual))
+                bp.residual, se=blk.se.extract(f"{n}.se", bp.mid) if blk.se is not None else None))
         cin = plan(d, arch)[-1].cout
         body.append(self.head.extract("head", cin, d.head_channels, 1, "hswish", pol["head"], q))
         fc = nn.Linear(d.head_channels, d.num_classes)

@@ -31,9 +31,7 @@ from torch import nn
 
 from bitnas.errors import ConfigError
 from bitnas.space import FLOAT_BITS, Bits, Candidate, Gene, LayerSpec, SearchSpace
-from bitnas.supernets.mbv3 import SE, MBV3BlockModule
-from bitnas.supernets.static import ConvUnit, LinearUnit, StaticNet
-from bitnas.supernets.transformer import TokenLinearUnit
+from bitnas.supernets.static import SE, ConvUnit, InvertedResidual, LinearUnit, StaticNet, TokenLinearUnit
 
 
 def make_divisible(v: float, divisor: int = 8, min_val: int | None = None) -> int:
@@ -443,11 +441,11 @@ class OFASupernet(nn.Module):
         fc, fb, w0 = self.first_conv, self.blocks[0].conv, d.width(L.first)
         body: list[nn.Module] = [ConvUnit("first_conv", _copy_conv(fc.conv.weight, 2, 1),
                                           _slice_bn(fc.bn), L.first_act)]
-        body.append(MBV3BlockModule(
+        body.append(InvertedResidual(
             None, ConvUnit("first_block.dw", _copy_conv(fb.depth_conv.conv.weight, 1, w0),
                            _slice_bn(fb.depth_conv.bn), L.first_block_act),
-            None, ConvUnit("first_block.project", _copy_conv(fb.point_linear.conv.weight, 1, 1),
-                           _slice_bn(fb.point_linear.bn), "none"), self._first_residual))
+            ConvUnit("first_block.project", _copy_conv(fb.point_linear.conv.weight, 1, 1),
+                     _slice_bn(fb.point_linear.bn), "none"), self._first_residual))
         for bp in plan(d, self._arch(candidate)):
             m, n = self.blocks[bp.ofa_index].conv, f"s{bp.stage}.b{bp.index}"
             ib, dc, pl = m.inverted_bottleneck, m.depth_conv, m.point_linear
@@ -458,7 +456,7 @@ class OFASupernet(nn.Module):
             se = dc.se.extract(f"{n}.se", bp.mid) if bp.se else None
             project = ConvUnit(f"{n}.project", _copy_conv(pl.conv.filter(bp.cout, bp.mid), 1, 1),
                                pl.bn.slice(bp.cout), "none")
-            body.append(MBV3BlockModule(expand, dw, se, project, bp.residual))
+            body.append(InvertedResidual(expand, dw, project, bp.residual, se=se))
         fm, mix_w = self.feature_mix_layer, d.width(L.mix)
         cls = nn.Linear(mix_w, d.num_classes)
         cls.load_state_dict(self.classifier.linear.state_dict())

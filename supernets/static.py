@@ -120,17 +120,42 @@ class LinearUnit(FcUnit):
         return super().forward(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
 
 
-class InvertedResidual(nn.Module):
-    def __init__(self, expand: ConvUnit | None, dw: ConvUnit, project: ConvUnit, residual: bool):
-        super().__init__()
-        self.expand = expand
-        self.dw = dw
-        self.project = project
-        self.residual = residual
+class TokenLinearUnit(FcUnit):
+    """A linear layer applied to every token, computed on a 2-D view so it exports as one ``Gemm``."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.expand(x) if self.expand is not None else x
-        y = self.project(self.dw(y))
+        shape = x.shape
+        return super().forward(x.reshape(-1, shape[-1])).reshape(*shape[:-1], self.fc.out_features)
+
+
+class SE(nn.Module):
+    """Static squeeze-and-excitation (float): GlobalAveragePool, Gemm, Relu, Gemm, HardSigmoid, Mul."""
+
+    def __init__(self, layer_name: str, c: int, r: int):
+        super().__init__()
+        self.layer_name = layer_name
+        self.reduce = nn.Linear(c, r)
+        self.expand = nn.Linear(r, c)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        s = F.relu(self.reduce(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1)))
+        return x * F.hardsigmoid(self.expand(s))[:, :, None, None]
+
+
+class InvertedResidual(nn.Module):
+    """Expand (none at expansion 1), depthwise, optional squeeze-excite, project, optional residual add:
+    a MobileNetV2 or MobileNetV3 block."""
+
+    def __init__(self, expand: ConvUnit | None, dw: ConvUnit, project: ConvUnit, residual: bool,
+                 se: SE | None = None):
+        super().__init__()
+        self.expand, self.dw, self.se, self.project, self.residual = expand, dw, se, project, residual
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.dw(self.expand(x) if self.expand is not None else x)
+        if self.se is not None:
+            y = self.se(y)
+        y = self.project(y)
         return x + y if self.residual else y
 
 

@@ -18,7 +18,7 @@ from torch import nn
 
 from bitnas.space import FLOAT_BITS, Bits, Candidate, LayerSpec, SearchSpace
 from bitnas.supernets.paper_spaces import INT8_OR_FLOAT, transformer_genes
-from bitnas.supernets.static import ConvUnit, QuantUnit, StaticNet
+from bitnas.supernets.static import ConvUnit, StaticNet, TokenLinearUnit
 
 
 @dataclass(frozen=True)
@@ -53,21 +53,6 @@ def vit_tiny(in_channels: int = 1, image_size: int = 16, num_classes: int = 10) 
     return TransformerDef(name="vit-tiny", in_channels=in_channels, image_size=image_size, num_classes=num_classes,
                           description="elastic ViT for 16x16 digits: layers {2,3}, heads {2,4}, FFN {32,64}, "
                                       "INT8/FP32 per linear layer")
-
-
-class TokenLinearUnit(QuantUnit):
-    """A linear layer applied to every token, computed on a 2-D view so it exports as one ``Gemm``."""
-
-    def __init__(self, layer_name: str, fc: nn.Linear, act: str = "none"):
-        super().__init__(layer_name, act)
-        self.fc = fc
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        shape = x.shape
-        x = self._q_in(x.reshape(-1, shape[-1]))
-        fc = self.fc
-        y = F.linear(x, self._weight(fc.weight), self._bias(fc.bias, fc.weight))
-        return self._act_q(y).reshape(*shape[:-1], fc.out_features)
 
 
 def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int, head_dim: int) -> torch.Tensor:

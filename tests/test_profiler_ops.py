@@ -23,9 +23,8 @@ from bitnas.latency_luts.profiler import (
 from bitnas.passes.export_onnx import INPUT_NAME
 from bitnas.passes.inc_ptq import quantized_nodes
 from bitnas.space import LayerSpec
-from bitnas.supernets.mbv3 import SE
-from bitnas.supernets.static import _ACTS, ConvUnit, LinearUnit
-from bitnas.supernets.transformer import TokenLinearUnit, _attend
+from bitnas.supernets.static import _ACTS, SE, ConvUnit, LinearUnit, TokenLinearUnit
+from bitnas.supernets.transformer import _attend
 
 ACTS = ("none", "relu", "relu6", "hswish", "gelu")
 PLUMBING = {"Constant", "Identity"}  # constants are initializers in the unit models; Identity names the output
@@ -47,6 +46,8 @@ CASES = {
     "attention-one-head": LayerSpec("attention", 8, 8, groups=1, hw=3),
     "se": LayerSpec("se", 16, 4, hw=6),
     "layernorm": LayerSpec("layernorm", 8, 8, hw=5),
+    "maxpool-3s2": LayerSpec("maxpool", 8, 8, 3, 2, hw=8),  # a ResNet stem's
+    "avgpool-2s2": LayerSpec("avgpool", 8, 8, 2, 2, hw=8),  # once-for-all's avgpool_conv shortcut
 }
 
 
@@ -96,6 +97,10 @@ def module_of(s: LayerSpec) -> nn.Module:
         return Attention(s.groups, s.cin // s.groups)
     if s.op == "se":
         return SE("se", s.cin, s.cout)
+    if s.op == "maxpool":
+        return nn.MaxPool2d(s.kernel, s.stride, s.padding)
+    if s.op == "avgpool":
+        return nn.AvgPool2d(s.kernel, s.stride, s.padding, ceil_mode=True, count_include_pad=False)
     return nn.LayerNorm(s.cin)
 
 
@@ -256,6 +261,8 @@ REFUSED = {
     "act_after_add alone": (LayerSpec("conv", 8, 8, hw=4, act="relu", act_after_add=True, name="c"), r"'c'.*needs a residual"),
     "strided residual": (LayerSpec("conv", 8, 8, 3, 2, hw=4, residual=True, name="c"), r"'c'.*stride 1"),
     "layernorm changing width": (LayerSpec("layernorm", 8, 4, hw=4, name="ln"), r"'ln'.*cout 4 must equal cin 8"),
+    "pool changing width": (LayerSpec("maxpool", 8, 4, 3, 2, hw=4, name="pool"), r"'pool'.*cout 4 must equal cin 8"),
+    "pool at INT8": (LayerSpec("avgpool", 8, 8, 2, 2, hw=4, name="p").with_bits((8, 8)), r"'p'.*float only"),
 }
 
 
