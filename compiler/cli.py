@@ -90,7 +90,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
     art = Artifact.load(args.artifact)
     model = load_onnx(art.model_path)
-    x = load_array(args.input).astype(np.float32)
+    x = _raw_images(art, args.image) if args.image else load_array(args.input).astype(np.float32)
     expected = [d.dim_value or None for d in model.graph.input[0].type.tensor_type.shape.dim]
     if x.ndim == len(expected) - 1:
         x = x[None]
@@ -105,6 +105,37 @@ def _cmd_run(args: argparse.Namespace) -> int:
         result["logits"] = np.round(logits, 5).tolist()
     print(json.dumps(result))
     return 0
+
+
+def _raw_images(art, paths: list[str]):
+    """Raw image files preprocessed as the artifact's manifest records (resize, scale, normalize, channels)."""
+    import numpy as np
+
+    from bitnas.onnxio import load_array
+    from bitnas.supernets.data import Preprocess
+
+    record = art.manifest.get("preprocess")
+    if not record:
+        raise UserError(f"{art.root}: the manifest records no preprocessing (a plug-in data set without one); "
+                        "pass network-ready arrays with --input")
+    pre = Preprocess.from_dict(record, f"{art.root}/manifest.json")
+    out = []
+    for p in paths:
+        path = Path(p)
+        if path.suffix.lower() == ".npy":  # raw values in the data set's own units
+            out.append(pre.apply(load_array(path)))
+            continue
+        try:
+            from PIL import Image
+
+            with Image.open(path) as im:
+                img = np.asarray(im.convert("L" if im.mode in ("1", "L", "LA") else "RGB"))
+        except FileNotFoundError:
+            raise UserError(f"{path}: image not found") from None
+        except Exception as exc:  # noqa: BLE001 - any unreadable file is the user's input
+            raise UserError(f"{path}: not a readable image ({exc})") from None
+        out.append(pre.apply(img, raw_scale=255.0))
+    return np.concatenate(out)
 
 
 def _cmd_verify(args: argparse.Namespace) -> int:
@@ -183,7 +214,10 @@ def build_parser() -> argparse.ArgumentParser:
     r = sub.add_parser("run", help="run an artifact on a backend")
     r.add_argument("artifact", help="artifact folder (holds model.onnx and manifest.json)")
     r.add_argument("--backend", default="ort", choices=["ort", "openvino", "tvm"])
-    r.add_argument("--input", required=True, help=".npy array: one image (C,H,W) or a batch (N,C,H,W)")
+    src = r.add_mutually_exclusive_group(required=True)
+    src.add_argument("--input", help=".npy array the model reads as is: one image (C,H,W) or a batch (N,C,H,W)")
+    src.add_argument("--image", nargs="+", help="raw images (.png/.jpg/.bmp, 8-bit; or .npy in the data set's raw "
+                                                "units) preprocessed as the manifest records")
     r.add_argument("--threads", type=int, default=1)
     r.add_argument("--logits", action="store_true", help="print logits for any batch size")
     r.set_defaults(fn=_cmd_run)

@@ -99,6 +99,8 @@ class Package(Pass):
             "size_bytes_on_disk": model.path.stat().st_size,
             "size_bytes_on_disk_fp32": model.float_path.stat().st_size if model.float_path else None,
             "model": {"file": MODEL_FILE, "input": "input", "output": "logits", "layers": model.layers},
+            # how a raw image becomes the model's input (what `bitnas run --image` applies); None if unknown
+            "preprocess": pre.to_dict() if (pre := getattr(ctx.inputs.get("data"), "preprocess", None)) else None,
             "passes": [{"name": t.name, "seconds": round(t.seconds, 3)} for t in ctx.timings],
             "seed": ctx.seed,
             "versions": library_versions(VERSIONED),

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from bitnas.space import Bits, Candidate
-from bitnas.supernets.data import Dataset
+from bitnas.supernets.data import Dataset, fast_layout
 from bitnas.supernets.static import StaticNet, quantize_net, recalibrate_bn
 
 
@@ -33,7 +33,7 @@ def accuracy(net: torch.nn.Module, data: Dataset, batch_size: int = 512) -> floa
     net.eval()
     correct = 0
     for x, y in data.batches("val", batch_size):
-        correct += int((net(x).argmax(1) == y).sum())
+        correct += int((net(fast_layout(x)).argmax(1) == y).sum())
     return correct / len(data.y_val)
 
 

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from bitnas.errors import ConfigError
 from bitnas.io import atomic_torch_save
 from bitnas.space import Candidate, SearchSpace
-from bitnas.supernets.data import Dataset
+from bitnas.supernets.data import Dataset, fast_layout
 from bitnas.supernets.evaluate import accuracy, calibration_batches
 from bitnas.supernets.qat import calibrate
 from bitnas.supernets.train import resume_state
@@ -154,6 +154,7 @@ def train_qat_supernet(
         for i, (x, y) in enumerate(data.batches("train", batch_size, order_rng)):
             if i < first:
                 continue
+            x = fast_layout(x)
             rng = np.random.default_rng([seed, epoch, i])
             t = (epoch - phase_start) * steps + i
             for g in opt.param_groups:

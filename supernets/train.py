@@ -15,7 +15,7 @@ import torch.nn.functional as F
 
 from bitnas.errors import UserError
 from bitnas.io import atomic_torch_save
-from bitnas.supernets.data import Dataset
+from bitnas.supernets.data import Dataset, fast_layout
 from bitnas.supernets.evaluate import accuracy, calibration_batches, prepare_subnet
 from bitnas.supernets.mbv2 import MBV2Supernet
 
@@ -86,6 +86,7 @@ def train_supernet(
         net.train()
         losses = []
         for i, (x, y) in enumerate(data.batches("train", batch_size, rng)):
+            x = fast_layout(x)
             step = epoch * steps_per_epoch + i
             for g in opt.param_groups:
                 g["lr"] = 0.5 * lr * (1 + math.cos(math.pi * step / total))

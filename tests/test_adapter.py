@@ -62,14 +62,19 @@ def test_lifted_subnets_compute_the_users_subnet_and_layers_come_from_the_graph(
 
 
 class _Pooled(nn.Module):
-    def __init__(self):
+    """Conv, ReLU, a pooling bitnas profiles (``pool``) and, with ``concat``, a Concat it does not."""
+
+    def __init__(self, concat: bool = False):
         super().__init__()
+        self.concat = concat
         self.conv = nn.Conv2d(1, 8, 3, padding=1)
-        self.pool = nn.MaxPool2d(2)
-        self.fc = nn.Linear(8, 10)
+        self.pool = nn.MaxPool2d(3, 2, 1)
+        self.fc = nn.Linear(16 if concat else 8, 10)
 
     def forward(self, x):
         x = self.pool(torch.relu(self.conv(x)))
+        if self.concat:
+            x = torch.cat([x, x], 1)
         return self.fc(torch.flatten(nn.functional.adaptive_avg_pool2d(x, 1), 1))
 
 
@@ -90,9 +95,17 @@ class _Adapter:
         return self._make()
 
 
-def test_an_op_bitnas_cannot_profile_is_refused_naming_module_and_op():
-    with pytest.raises(UnknownLayerError, match=r"module 'pool' computes MaxPool"):
-        _adapted(_Adapter(_Pooled))
+def test_pooling_is_a_layer_and_an_op_bitnas_cannot_profile_is_refused_naming_module_and_op(tmp_path):
+    from bitnas.latency_luts.profiler import unit_model
+
+    net = _adapted(_Adapter(_Pooled))
+    layers = net.layers(net.space.largest())
+    assert [(s.name, s.op, s.kernel, s.stride, s.hw) for s in layers] == [
+        ("conv", "conv", 3, 1, 16), ("pool.maxpool", "maxpool", 3, 2, 16), ("fc", "linear", 1, 1, 8)]
+    assert [g.name for g in net.space.policy_genes] == ["conv", "fc"]  # pooling has no weights to quantize
+    unit_model([layers[1]])  # the profiler builds it
+    with pytest.raises(UnknownLayerError, match=r"module '\(top level\)' computes Concat \(ONNX node /body/Concat\)"):
+        _adapted(_Adapter(lambda: _Pooled(concat=True)))
 
 
 def test_extract_that_is_not_a_traceable_module_is_one_clear_error():
@@ -202,6 +215,30 @@ def test_a_plain_pytorch_supernet_goes_to_a_verified_artifact(tmp_path, capsys):
     assert main(["verify", str(art)]) == 0
     assert main(["gate", "--baseline", str(art / "manifest.json"), "--current", str(art / "manifest.json")]) == 0
 
+    # raw images run as the manifest's preprocessing says: the data set's raw digits and 8-bit PNG files
+    from PIL import Image
+    from sklearn.datasets import load_digits as sk_digits
+    from sklearn.model_selection import train_test_split
+
+    assert man["preprocess"]["resize"] == [16, 16] and man["preprocess"]["raw_scale"] == 16.0
+    bunch = sk_digits()
+    _, raw_val = train_test_split(bunch.images, test_size=0.2, random_state=0, stratify=bunch.target)
+    np.save(tmp_path / "raw.npy", raw_val[:8])
+    np.save(tmp_path / "ready.npy", data.x_val[:8])
+    pngs = []
+    for i in range(8):
+        pngs.append(str(tmp_path / f"d{i}.png"))
+        Image.fromarray(np.round(raw_val[i] * 255 / 16).astype(np.uint8)).save(pngs[-1])
+    capsys.readouterr()
+    results = []
+    for args in (["--input", str(tmp_path / "ready.npy")], ["--image", str(tmp_path / "raw.npy")],
+                 ["--image", *pngs]):
+        assert main(["run", str(art), *args, "--logits"]) == 0
+        results.append(json.loads(capsys.readouterr().out.strip().splitlines()[-1]))
+    ready, raw, png = (np.array(r["logits"]) for r in results)
+    np.testing.assert_allclose(raw, ready, atol=1e-4)
+    assert np.abs(png - ready).max() < 0.05 * (np.abs(ready).max())  # 8-bit rounding of 17 grey levels
+
 
 def test_epochs_zero_needs_weights_unless_the_adapter_brings_them(tmp_path):
     from bitnas.project import Project, ProjectConfig
@@ -211,3 +248,20 @@ def test_epochs_zero_needs_weights_unless_the_adapter_brings_them(tmp_path):
     p = Project(ProjectConfig.model_validate({"family": {"name": REF, "space": "plainnet"},
                                               "train": {"epochs": 0}}), tmp_path / "b")
     assert p.family.name == REF and p.family.pretrained
+
+
+def test_preprocess_record_reproduces_the_data_sets_arrays_from_raw_images():
+    from sklearn.datasets import load_digits as sk_digits
+    from sklearn.model_selection import train_test_split
+
+    from bitnas.supernets.data import Preprocess, load_digits, with_channels
+
+    data = with_channels(load_digits(image_size=24), 3, "test")
+    bunch = sk_digits()
+    _, raw_val = train_test_split(bunch.images, test_size=0.2, random_state=0, stratify=bunch.target)
+    pre = Preprocess.from_dict(data.preprocess.to_dict(), "manifest")
+    assert pre.channels == 3 and pre.size == 24 and pre.raw_scale == 16.0
+    np.testing.assert_allclose(pre.apply(raw_val), data.x_val, atol=1e-5)
+    np.testing.assert_allclose(pre.apply(raw_val[3]), data.x_val[3:4], atol=1e-5)  # one (H,W) image
+    with pytest.raises(Exception, match="malformed 'preprocess'"):
+        Preprocess.from_dict({"raw_scale": 16}, "manifest.json")

@@ -29,7 +29,7 @@ def test_family_end_to_end_through_the_cli(family, tmp_path, capsys):
     run = tmp_path / family
     assert main(["init", str(run), "--family", family, "--space", space, "--image-size", str(size)]) == 0
     cfg = yaml.safe_load((run / "project.yaml").read_text())
-    cfg["train"].update({"epochs": 6, "n_random": 1})
+    cfg["train"].update({"epochs": 4, "n_random": 1})
     cfg["search"].update({"searcher": "random", "budget": 5, "pop_size": 5, "calib_batches": 2})
     cfg["compile"]["passes"] = quick_compile_passes(["ort", "openvino"], 20)
     (run / "project.yaml").write_text(yaml.safe_dump(cfg))
