@@ -1,0 +1,130 @@
+"""A once-for-all MobileNetV3 w1.0 supernet at 224x224: import, profile, search, compile; is the knee's LUT
+prediction what its artifact measures?
+
+For each target (ONNX Runtime, OpenVINO with f32 pinned; 1 thread, batch 1) the script writes a
+once-for-all checkpoint of random weights under ``ofa``'s own keys (latency does not depend on the weights),
+runs ``bitnas import-supernet --image-size 224 --epochs 0``, ``bitnas profile`` (every layer at FP32 and
+INT8, every fusion unit whole, network-level correction fitted on ``--calibrate`` subnets), ``bitnas
+search`` on latency and size (NSGA-II, LUT only), ``bitnas compile --pick knee`` (INC static PTQ, Verify on
+ONNX Runtime and OpenVINO), and compares the knee's predicted latency with the latency Verify measured on
+the target's own runtime (same statistic, p10). Optionally ``--validate N`` also runs ``bitnas lut
+validate`` on N subnets. Run it on an idle machine: it times things (about 40 minutes).
+
+    python benchmarks/ofa_224_latency.py --out benchmarks/results [--targets ort-cpu openvino-cpu]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import yaml
+
+RUNTIME = {"ort-cpu": "ort", "openvino-cpu": "openvino"}
+
+
+def run(cmd: list[str], log: Path) -> str:
+    """Run a bitnas command; its progress goes to ``log``, its stdout is returned."""
+    print("+", " ".join(cmd), flush=True)
+    with log.open("a") as err:
+        err.write(f"\n+ {' '.join(cmd)}\n")
+        err.flush()
+        proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=err, text=True)
+    if proc.returncode != 0:
+        raise SystemExit(f"failed ({proc.returncode}): {' '.join(cmd)}; see {log}")
+    return proc.stdout
+
+
+def write_checkpoint(path: Path) -> None:
+    """A random-weight OFAMobileNetV3 w1.0 supernet state dict under the ofa package's keys, its classifier
+    for the 10 digits classes (used as it is: epochs 0)."""
+    import torch
+
+    from bitnas.supernets.families import build_supernet
+
+    torch.manual_seed(0)
+    net = build_supernet("ofa-mbv3-w1.0", in_channels=3, image_size=224, num_classes=10)  # the data's classes
+    torch.save({"state_dict": net.state_dict()}, path)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", default="benchmarks/results")
+    ap.add_argument("--work", default="/tmp/bitnas-ofa224", help="run folders (LUTs, artifacts)")
+    ap.add_argument("--targets", nargs="+", default=["ort-cpu", "openvino-cpu"])
+    ap.add_argument("--calibrate", type=int, default=40)
+    ap.add_argument("--validate", type=int, default=0, help="also lut validate on N subnets (0: skip)")
+    ap.add_argument("--budget", type=int, default=400, help="search evaluations (LUT only)")
+    args = ap.parse_args()
+    out, work = Path(args.out), Path(args.work)
+    work.mkdir(parents=True, exist_ok=True)
+    out.mkdir(parents=True, exist_ok=True)
+    ckpt = work / "ofa_mbv3_d234_e346_k357_w1.0.pth"
+    if not ckpt.exists():
+        write_checkpoint(ckpt)
+    rows = []
+    for target in args.targets:
+        run_dir = work / target
+        log = work / f"{target}.log"
+        if run_dir.exists():  # this script's own run folder from an earlier run
+            shutil.rmtree(run_dir)
+        t0 = time.perf_counter()
+        run(["bitnas", "import-supernet", "--format", "ofa-mbv3", "--checkpoint", str(ckpt), "--out", str(run_dir),
+             "--target", target, "--image-size", "224", "--epochs", "0", "--force"], log)
+        cfg_path = run_dir / "project.yaml"
+        cfg = yaml.safe_load(cfg_path.read_text())
+        cfg["lut"] = {**cfg.get("lut", {}), "blocks": True, "statistic": "p10"}
+        cfg["search"] = {"searcher": "nsga2", "budget": args.budget, "pop_size": 40,
+                         "objectives": ["latency_ms", "size_bytes"]}
+        cfg["compile"] = {"passes": ["ExtractSubnet", {"RecalibrateBn": {"batches": 2}}, "ExportOnnx",
+                                     "AssignBitwidths", {"IncStaticPtq": {"calibration_batches": 2}},
+                                     {"Verify": {"backends": ["ort", "openvino"], "repeats": 200}}, "Package"]}
+        cfg_path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+        t1 = time.perf_counter()
+        run(["bitnas", "profile", "--project", str(run_dir), "--calibrate", str(args.calibrate)], log)
+        profile_s = time.perf_counter() - t1
+        lut = json.loads((run_dir / "lut.json").read_text())
+        row = {"target": target, "space": "ofa-mbv3-w1.0", "input": [1, 3, 224, 224], "threads": 1,
+               "statistic": "p10", "profile_and_calibrate_s": round(profile_s, 1),
+               "layer_entries": len(lut["entries"]), "block_entries": len(lut.get("blocks") or {}),
+               "calibration_subnets": args.calibrate}
+        if args.validate:
+            report = json.loads(run(["bitnas", "lut", "validate", "--lut", str(run_dir / "lut.json"), "--project", str(run_dir), "--samples",
+                                     str(args.validate), "--plot", str(out / f"ofa224_{target}.validate.png"),
+                                     "--json"], log))
+            row["validate"] = {k: report[k] for k in ("samples", "mape", "kendall_tau", "within_10pct",
+                                                      "repeatability", "measured_range_ms")}
+        t2 = time.perf_counter()
+        run(["bitnas", "search", "--project", str(run_dir)], log)
+        run(["bitnas", "compile", "--project", str(run_dir), "--pick", "knee"], log)
+        row["search_and_compile_s"] = round(time.perf_counter() - t2, 1)
+        arts = sorted((run_dir / "artifacts").iterdir(), key=lambda p: p.stat().st_mtime)
+        man = json.loads((arts[-1] / "manifest.json").read_text())
+        pred = float(man["predicted"]["latency_ms"])
+        meas = man["measured"][RUNTIME[target]]
+        int8 = sum(1 for b in man["candidate"]["policy"].values() if list(b) == [8, 8])
+        row["knee"] = {"candidate": man["candidate"]["id"], "int8_layers": int8,
+                       "layers": len(man["candidate"]["policy"]), "predicted_ms": pred,
+                       "measured_ms": meas["latency_ms"], "measured_median_ms": meas["latency_ms_median"],
+                       "measured_iqr_ms": meas["latency_iqr_ms"], "error_pct": 100 * (pred - meas["latency_ms"])
+                       / meas["latency_ms"], "int8_to_fp32": meas["latency_ratio_to_fp32"],
+                       "other_runtime": {b: man["measured"][b]["latency_ms"] for b in ("ort", "openvino")
+                                         if b != RUNTIME[target]}}
+        row["total_s"] = round(time.perf_counter() - t0, 1)
+        row["loadavg_after"] = os.getloadavg()[0]
+        rows.append(row)
+        print(json.dumps(row, indent=1), flush=True)
+    result = {"command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
+              "goal": "knee artifact's measured latency within 10% of its LUT prediction", "rows": rows}
+    (out / "ofa_224_latency.json").write_text(json.dumps(result, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
