@@ -66,10 +66,43 @@ class Artifact:
                 raise ArtifactError(f"{self.root / name}: sha256 does not match the manifest (file changed)")
 
 
+def _replaceable(root: Path) -> str | None:
+    """Why ``root`` must not be replaced by an artifact (None: it is absent, empty, or a bitnas artifact
+    holding nothing but the files its manifest lists)."""
+    if not root.exists():
+        return None
+    if not root.is_dir():
+        return "it is a file"
+    entries = sorted(p.name for p in root.iterdir())
+    if not entries:
+        return None
+    try:
+        manifest = json.loads((root / MANIFEST_FILE).read_text())
+    except (OSError, ValueError):
+        return f"it holds {entries[0]!r} and no bitnas manifest"
+    files = manifest.get("files") if isinstance(manifest, dict) else None
+    if not isinstance(files, dict) or "schema_version" not in manifest:
+        return "its manifest.json is not a bitnas artifact manifest"
+    extra = [e for e in entries if e != MANIFEST_FILE and e not in files]
+    return f"it holds {extra[0]!r}, which its manifest does not list" if extra else None
+
+
 def write_artifact(root: str | Path, model_path: Path, manifest: dict[str, Any],
                    extra_files: dict[str, Path] | None = None) -> Artifact:
-    """Build the artifact in a temporary sibling folder, then swap it in; an old artifact survives a failure."""
+    """Build the artifact in a temporary sibling folder, then swap it in; an old artifact survives a failure.
+
+    Only an earlier bitnas artifact (or an empty folder) is replaced: any other folder, or an artifact a
+    user added files to, is refused by name and left as it is. A swap a kill interrupted (the old artifact
+    moved aside, the new one not yet in place) is completed from the old one first.
+    """
     root = Path(root)
+    old = root.with_name(f".{root.name}.old")
+    if not root.exists() and old.is_dir() and _replaceable(old) is None:
+        old.rename(root)  # an interrupted swap: the previous artifact goes back first
+    why = _replaceable(root)
+    if why is not None:
+        raise ArtifactError(f"{root}: will not replace this folder with an artifact: {why}; choose another "
+                            "output folder or move it away")
     root.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.", dir=root.parent))
     try:
@@ -81,7 +114,6 @@ def write_artifact(root: str | Path, model_path: Path, manifest: dict[str, Any],
         manifest = {**manifest, "schema_version": SCHEMA_VERSION, "files": files}
         atomic_write_json(tmp / MANIFEST_FILE, manifest)
         if root.exists():
-            old = root.with_name(f".{root.name}.old")
             if old.exists():
                 shutil.rmtree(old)
             root.rename(old)

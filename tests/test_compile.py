@@ -154,6 +154,32 @@ def test_failed_packaging_keeps_the_previous_artifact(compiled, tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["artifact"]
 
 
+def test_packaging_replaces_only_an_earlier_artifact_and_finishes_an_interrupted_swap(compiled, tmp_path):
+    _, _, artifact = compiled
+    # a user's folder (a thesis in it) and the run folder are never replaced
+    thesis = tmp_path / "thesis"
+    thesis.mkdir()
+    (thesis / "chapter1.tex").write_text("months of work")
+    with pytest.raises(ArtifactError, match=r"thesis: will not replace this folder.*'chapter1.tex'"):
+        write_artifact(thesis, artifact.model_path, artifact.manifest)
+    assert (thesis / "chapter1.tex").read_text() == "months of work"
+    assert [p.name for p in tmp_path.iterdir()] == ["thesis"]  # no temporary folder left behind
+    # an artifact a user added a file to is not replaced either; a clean earlier artifact is
+    dest = tmp_path / "artifact"
+    write_artifact(dest, artifact.model_path, artifact.manifest)
+    (dest / "notes.txt").write_text("mine")
+    with pytest.raises(ArtifactError, match="'notes.txt', which its manifest does not list"):
+        write_artifact(dest, artifact.model_path, artifact.manifest)
+    (dest / "notes.txt").unlink()
+    write_artifact(dest, artifact.model_path, {**artifact.manifest, "seed": 7})
+    assert Artifact.load(dest).manifest["seed"] == 7
+    # killed between the two renames: the artifact was moved aside and the new one never arrived
+    dest.rename(tmp_path / ".artifact.old")
+    write_artifact(dest, artifact.model_path, {**artifact.manifest, "seed": 8})
+    assert Artifact.load(dest).manifest["seed"] == 8
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["artifact", "thesis"]
+
+
 def test_ptq_refuses_bits_it_cannot_run(trained, digits, tmp_path):
     c = trained.space.largest()
     names = [s.name for s in trained.layers(c)]
