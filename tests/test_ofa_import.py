@@ -226,11 +226,15 @@ def test_the_lut_enumeration_covers_every_subnet():
 
 
 def test_import_refuses_the_wrong_format_and_uses_the_weights_as_they_are(tmp_path, capsys):
-    """``import-supernet`` with ``--epochs 0``: the project's supernet is the checkpoint's (no training)."""
+    """``import-supernet`` with ``--epochs 0``: the project's supernet is the checkpoint's (no training), and a
+    ProxylessNAS supernet goes through profile, search and compile as it is."""
+    import json
+
     import yaml
 
     from bitnas.cli import main
     from bitnas.project import Project
+    from tests.conftest import quick_compile_passes
 
     ofa_net = _random_ofa(1.3, 10, seed=5, kind="proxyless")
     ckpt = tmp_path / "ofa_proxyless_d234_e346_k357_w1.3.pth"
@@ -249,6 +253,20 @@ def test_import_refuses_the_wrong_format_and_uses_the_weights_as_they_are(tmp_pa
         want = ofa_net.get_active_subnet(preserve_weight=True).eval()(x)
         got = net.extract(net.space.largest()).eval()(x)
     assert (got - want).abs().max().item() <= 1e-5
+    # and on, as it is, through profile, a latency/size search (LUT only), compile, verify and gate
+    cfg["search"] = {"searcher": "random", "budget": 4, "pop_size": 4, "objectives": ["latency_ms", "size_bytes"]}
+    cfg["compile"] = {"passes": quick_compile_passes(["ort", "openvino"], 10)}
+    (run / "project.yaml").write_text(yaml.safe_dump(cfg))
+    assert main(["profile", "--project", str(run), "--no-blocks", "--repeats", "3", "--rounds", "1",
+                 "--warmup", "1"]) == 0
+    assert main(["search", "--project", str(run)]) == 0
+    assert main(["compile", "--project", str(run), "--pick", "knee"]) == 0
+    (art,) = list((run / "artifacts").iterdir())
+    man = json.loads((art / "manifest.json").read_text())
+    assert man["family"] == {"name": "ofa-proxyless", "space": "ofa-proxyless-w1.3"}
+    assert man["predicted"]["latency_ms"] > 0 and {"ort", "openvino"} <= set(man["measured"])
+    assert main(["verify", str(art)]) == 0
+    assert main(["gate", "--baseline", str(art / "manifest.json"), "--current", str(art / "manifest.json")]) == 0
 
 
 def test_a_head_for_other_classes_needs_fine_tuning(tmp_path):
