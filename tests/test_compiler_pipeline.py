@@ -206,6 +206,47 @@ def test_gate_checks_size_and_accuracy():
     assert {c.what for c in bad if c.regressed} == {"size on disk (bytes)", "ort accuracy"}
 
 
+def test_gate_fails_closed_on_what_it_cannot_compare(gated, tmp_path, capsys):
+    import shutil
+
+    art, again = gated
+    base = str(art.root / "manifest.json")
+    good = json.loads((again.root / "manifest.json").read_text())
+
+    def gate(manifest: dict, *extra: str) -> tuple[int, str]:
+        path = tmp_path / "current.json"
+        path.write_text(json.dumps(manifest).replace('"NaN_"', "NaN"))
+        capsys.readouterr()
+        code = main(["gate", "--baseline", base, "--current", str(path), *extra])
+        return code, capsys.readouterr().err
+
+    nan = json.loads(json.dumps(good))
+    nan["measured"]["ort"]["latency_ratio_to_fp32"] = "NaN_"  # a real JSON NaN once written
+    code, err = gate(nan)
+    assert code == 2 and "'measured.ort.latency_ratio_to_fp32' is nan" in err
+    code, err = gate({**good, "size_bytes_on_disk": -5})
+    assert code == 2 and "'size_bytes_on_disk' is -5" in err
+    flag = json.loads(json.dumps(good))
+    flag["measured"]["openvino"]["accuracy"] = True
+    code, err = gate(flag)
+    assert code == 2 and "'measured.openvino.accuracy' is True" in err
+    dropped = json.loads(json.dumps(good))
+    del dropped["measured"]["openvino"]
+    code, err = gate(dropped)
+    assert code == 1 and "openvino measured" in err  # a backend the baseline has is missing: not a pass
+    code, err = gate(good, "--latency-tol", "nan")
+    assert code == 2 and "--latency-tol is nan" in err
+    # beside its artifact, a manifest's files must be the ones it measured
+    copy = tmp_path / "art"
+    shutil.copytree(again.root, copy)
+    assert main(["gate", "--baseline", base, "--current", str(copy / "manifest.json")]) == 0
+    model = copy / "model.onnx"
+    model.write_bytes(model.read_bytes() + b"\0")
+    capsys.readouterr()
+    assert main(["gate", "--baseline", base, "--current", str(copy / "manifest.json")]) == 2
+    assert "model.onnx: sha256 does not match" in capsys.readouterr().err
+
+
 def test_gate_input_errors_name_the_file(gated, tmp_path, capsys):
     art, _ = gated
     bad = tmp_path / "bad.json"
