@@ -239,13 +239,22 @@ def main(argv: list[str] | None = None) -> int:
     except UnsupportedBackendError as exc:
         print(f"bitnas: error: {exc}", file=sys.stderr)
         return 3
-    except InternalError:
-        traceback.print_exc()
-        print("bitnas: internal error (a bug in bitnas; please report it with the traceback above)", file=sys.stderr)
-        return 70
     except BitnasError as exc:
+        if isinstance(exc, InternalError):
+            return _crash()
         print(f"bitnas: error: {exc}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        print("bitnas: interrupted", file=sys.stderr)
+        return 130
+    except Exception:  # noqa: BLE001 - any other exception is a crash: exit 70, never 1 (gate's "regression")
+        return _crash()
+
+
+def _crash() -> int:
+    traceback.print_exc()
+    print("bitnas: internal error (a bug in bitnas; please report it with the traceback above)", file=sys.stderr)
+    return 70
 
 
 if __name__ == "__main__":

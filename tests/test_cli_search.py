@@ -116,3 +116,18 @@ def test_constraints_hold_on_the_project_problem(tmp_path, capsys, demo_run):
     assert code == 0, err
     summary = json.loads(stdout)
     assert summary["constraint_violations"] == [] and all(f["latency_ms"] <= limit for f in summary["front"])
+
+
+def test_a_crash_exits_70_never_the_gates_regression_code(monkeypatch, capsys):
+    """An exception bitnas did not anticipate is a crash (70, with the traceback), not a regression (1)."""
+    import bitnas.cli as cli
+
+    def boom(args):
+        raise KeyError("unanticipated")
+
+    parser = cli.build_parser()
+    monkeypatch.setattr(cli, "build_parser", lambda: parser)
+    parser._subparsers._group_actions[0].choices["targets"].set_defaults(fn=boom)
+    assert cli.main(["targets"]) == 70
+    err = capsys.readouterr().err
+    assert "KeyError: 'unanticipated'" in err and "internal error" in err
