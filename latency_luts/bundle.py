@@ -16,7 +16,7 @@ from bitnas.errors import LutError, UserError
 from bitnas.io import atomic_write_bytes
 from bitnas.latency_luts import bundle_runner
 from bitnas.latency_luts.lut import VERSION as LUT_VERSION
-from bitnas.latency_luts.lut import LatencyTable, table_from_results
+from bitnas.latency_luts.lut import LatencyTable, finite_non_negative, table_from_results
 from bitnas.space import LayerSpec
 
 
@@ -117,7 +117,7 @@ def import_results(bundle: str | Path, results: str | Path | dict[str, Any], tar
         raise LutError(f"{source}: field 'results' missing or not an object")
     for key, r in res.items():
         for f in ("median_ms", "p10_ms", "mean_ms", "iqr_ms"):
-            if not isinstance(r, dict) or not isinstance(r.get(f), (int, float)) or r[f] < 0:
+            if not isinstance(r, dict) or not finite_non_negative(r.get(f)):
                 raise LutError(f"{source}: results['{key}'] lacks a non-negative numeric '{f}'")
     items = _items(manifest, bundle)
     missing = [k for k, _, _ in items if k not in res]

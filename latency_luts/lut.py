@@ -324,8 +324,10 @@ class LatencyTable:
         for key, entry in data["entries"].items():
             if not isinstance(entry, dict) or not isinstance(entry.get(f"{stat}_ms"), (int, float)):
                 raise LutError(f"{source}: entry '{key}' lacks a numeric '{stat}_ms'")
-            if entry[f"{stat}_ms"] < 0:
-                raise LutError(f"{source}: entry '{key}' has a negative latency")
+            for field_name in (f"{stat}_ms", "energy_mj"):
+                if field_name in entry and not finite_non_negative(entry[field_name]):
+                    raise LutError(f"{source}: entry '{key}' field '{field_name}' is {entry[field_name]!r}, not a "
+                                   "finite non-negative number")
             if "spec" in entry:
                 try:
                     spec = LayerSpec.from_dict(entry["spec"])
@@ -337,7 +339,7 @@ class LatencyTable:
         if not isinstance(blocks, dict):
             raise LutError(f"{source}: field 'blocks' is not an object")
         for key, blk in blocks.items():
-            if not isinstance(blk, dict) or not isinstance(blk.get(f"{stat}_ms"), (int, float)) or blk[f"{stat}_ms"] < 0:
+            if not isinstance(blk, dict) or not finite_non_negative(blk.get(f"{stat}_ms")):
                 raise LutError(f"{source}: block '{key}' lacks a non-negative numeric '{stat}_ms'")
             layers = blk.get("layers")
             if (not isinstance(layers, list) or len(layers) < 2 or any(k not in data["entries"] for k in layers)
@@ -347,8 +349,8 @@ class LatencyTable:
             if key != "block:" + "+".join(layers):
                 raise LutError(f"{source}: block '{key}' does not match its 'layers'")
         overhead = data.get("overhead") or {}
-        if not isinstance(overhead, dict) or any(not isinstance(v, (int, float)) for v in overhead.values()):
-            raise LutError(f"{source}: field 'overhead' must map statistics to numbers")
+        if not isinstance(overhead, dict) or any(not finite_non_negative(v) for v in overhead.values()):
+            raise LutError(f"{source}: field 'overhead' must map statistics to finite non-negative numbers")
         return LatencyTable(
             target=data["target"], fingerprint=data["fingerprint"], measurement=data["measurement"],
             entries=data["entries"], overhead=overhead, space=data.get("space"), source=source,
@@ -367,6 +369,11 @@ class LatencyTable:
         return LatencyTable.from_dict(data, str(path))
 
 
+def finite_non_negative(value: Any) -> bool:
+    """A finite number >= 0 that is not a boolean (JSON's NaN and Infinity parse as floats)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value >= 0
+
+
 def _calibration(data: dict[str, Any], source: str) -> dict[str, Any]:
     cal = data.get("calibration") or {}
     if not isinstance(cal, dict):
@@ -381,7 +388,8 @@ def _calibration(data: dict[str, Any], source: str) -> dict[str, Any]:
                            f"(known: {', '.join(NETWORK_FEATURES)})")
         coef = cal.get("coef")
         if (not isinstance(coef, list) or len(coef) != len(names)
-                or not all(isinstance(c, (int, float)) and math.isfinite(c) for c in coef)):
+                or not all(isinstance(c, (int, float)) and not isinstance(c, bool) and math.isfinite(c)
+                           for c in coef)):
             raise LutError(f"{source}: field 'calibration.coef' must hold {len(names)} finite numbers, one per "
                            f"feature")
     return cal

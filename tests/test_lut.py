@@ -1,4 +1,5 @@
 import json
+import re
 
 import numpy as np
 import onnxruntime as ort
@@ -90,6 +91,19 @@ def test_round_trip_and_malformed_files(lut, tmp_path):
         LatencyTable.load(bad)
     bad.write_text(json.dumps({"format": "other"}))
     with pytest.raises(LutError, match="field 'format'"):
+        LatencyTable.load(bad)
+    # NaN, infinity and booleans are not latencies (JSON's NaN parses as a float)
+    first = next(iter(lut.entries))
+    for value, shown in (("NaN", "nan"), ("Infinity", "inf"), ("true", "True"), ("-1.0", "-1.0")):
+        data = json.loads(p.read_text())
+        data["entries"][first]["median_ms"] = "@@"
+        bad.write_text(json.dumps(data).replace('"@@"', value))
+        with pytest.raises(LutError, match=rf"entry '{re.escape(first)}' field 'median_ms' is {shown}, not a finite"):
+            LatencyTable.load(bad)
+    data = json.loads(p.read_text())
+    data["overhead"] = {"median": float("nan")}
+    bad.write_text(json.dumps(data))
+    with pytest.raises(LutError, match="'overhead' must map statistics to finite non-negative numbers"):
         LatencyTable.load(bad)
 
 

@@ -82,6 +82,12 @@ def test_bad_bundles_and_results_are_refused(bundle, tmp_path):
     (tmp_path / "r.json").write_text(json.dumps(doc))
     with pytest.raises(LutError, match=r"r.json: results\['.*'\] lacks a non-negative numeric 'p10_ms'"):
         import_results(path, tmp_path / "r.json", "ort-cpu")
+    for value in ("NaN", "true"):  # a device's NaN or a boolean is not a measurement
+        doc = json.loads(out.read_text())
+        doc["results"][key]["p10_ms"] = "@@"
+        (tmp_path / "r.json").write_text(json.dumps(doc).replace('"@@"', value))
+        with pytest.raises(LutError, match=r"lacks a non-negative numeric 'p10_ms'"):
+            import_results(path, tmp_path / "r.json", "ort-cpu")
     doc = json.loads(out.read_text())
     del doc["results"][key]
     (tmp_path / "r.json").write_text(json.dumps(doc))
