@@ -54,5 +54,9 @@ class MissingDependencyError(UnsupportedBackendError):
         self.package = package
 
 
+class VerificationError(BitnasError):
+    """The artifact runs but fails a check it must pass (non-finite outputs, an accuracy floor): exit 1."""
+
+
 class InternalError(BitnasError):
     """A bug in bitnas: an invariant it relies on does not hold."""

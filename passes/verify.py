@@ -10,6 +10,7 @@ from pydantic import Field, field_validator
 
 from bitnas.backends import get_backend, interleaved_timing
 from bitnas.config import StrictModel
+from bitnas.errors import VerificationError
 from bitnas.passes.assign_bits import layer_bits_of
 from bitnas.passes.export_onnx import INPUT_NAME, OnnxModel
 from bitnas.pipeline import Pass, PassContext
@@ -45,6 +46,9 @@ class Verify(Pass):
         repeats: int = Field(300, ge=10, description="timed runs per model (batch 1)")
         rounds: int = Field(10, ge=1, description="interleaved rounds the repeats are split into")
         statistic: Literal["p10", "median"] = Field("p10", description="latency statistic reported")
+        max_accuracy_drop: float | None = Field(
+            None, ge=0.0, le=1.0, description="fail when a runtime's accuracy falls more than this (absolute) below "
+                                              "the FP32 export's on the same runtime; None: recorded, not checked")
 
     @staticmethod
     def _reference(model: OnnxModel, ctx: PassContext):
@@ -72,6 +76,11 @@ class Verify(Pass):
             q = backend.compile(model.path)
             f = backend.compile(model.float_path)
             lq, lf = run_batched(backend, q, data.x_val), run_batched(backend, f, data.x_val)
+            for what, out, path in (("artifact", lq, model.path), ("FP32 export", lf, model.float_path)):
+                bad = int((~np.isfinite(out)).any(axis=tuple(range(1, out.ndim))).sum())
+                if bad:
+                    raise VerificationError(f"{path}: the {what} gives non-finite outputs on {name} for {bad} of "
+                                            f"{len(out)} validation images")
             preds[name] = lq.argmax(1)
             timers = {"q": backend.timer(model.path, feed, q), "f": backend.timer(model.float_path, feed, f)}
             timing = interleaved_timing(timers, self.config.warmup, self.config.repeats, self.config.rounds)
@@ -90,6 +99,11 @@ class Verify(Pass):
                 "threads": self.config.threads,
                 "batch": 1,
             }
+            drop = entry["accuracy_fp32"] - entry["accuracy"]
+            if self.config.max_accuracy_drop is not None and drop > self.config.max_accuracy_drop:
+                raise VerificationError(f"{model.path}: accuracy on {name} is {entry['accuracy']:.4f}, "
+                                        f"{drop:.4f} below the FP32 export's {entry['accuracy_fp32']:.4f} (Verify "
+                                        f"max_accuracy_drop {self.config.max_accuracy_drop})")
             if ref_logits is not None:
                 entry["top1_agreement_vs_fakequant"] = float((preds[name] == ref_logits.argmax(1)).mean())
                 entry["max_abs_logit_error_vs_fakequant"] = float(np.abs(lq - ref_logits).max())

@@ -284,3 +284,41 @@ def test_compile_command_on_a_demo_folder(demo_run, tmp_path, capsys):
                  "--out", str(tmp_path / "c5")]) == 0
     again = json.loads((tmp_path / "c5" / summary["candidate"] / "manifest.json").read_text())
     assert again["candidate"] == demo_man["candidate"]
+
+
+def _with_output_op(src: Path, dst: Path, op: str, value: np.ndarray) -> Path:
+    """A copy of ``src`` whose logits pass through ``op`` with a constant (a planted fault)."""
+    from onnx import helper, numpy_helper
+
+    model = onnx.load(str(src))
+    out = model.graph.output[0].name
+    for n in model.graph.node:
+        n.output[:] = ["pre_fault" if o == out else o for o in n.output]
+    model.graph.initializer.append(numpy_helper.from_array(value.astype(np.float32), "fault"))
+    model.graph.node.append(helper.make_node(op, ["pre_fault", "fault"], [out], name="fault"))
+    onnx.save(model, str(dst))
+    return dst
+
+
+def test_verify_fails_on_non_finite_outputs_and_below_its_accuracy_floor(gated, trained, digits, tmp_path):
+    from bitnas.errors import VerificationError
+    from bitnas.passes.export_onnx import OnnxModel
+
+    art, _ = gated
+    layers = art.manifest["model"]["layers"]
+    ctx = _ctx(tmp_path, trained, digits)
+    nan = np.zeros(10)
+    nan[3] = np.nan
+    broken = _with_output_op(art.model_path, tmp_path / "nan.onnx", "Add", nan)
+    with pytest.raises(VerificationError, match=r"nan.onnx: the artifact gives non-finite outputs on ort for 360 of 360"):
+        Verify(backends=("ort",), repeats=10).run(OnnxModel(broken, layers, art.model_path), ctx)
+    # an accuracy floor relative to the FP32 export: the artifact against itself passes; one that always
+    # answers class 0 (finite, wrong) fails it
+    Verify(backends=("ort",), repeats=10, max_accuracy_drop=0.0).run(
+        OnnxModel(art.model_path, layers, art.model_path), ctx)
+    bias = np.zeros(10)
+    bias[0] = 1e6
+    constant = _with_output_op(art.model_path, tmp_path / "class0.onnx", "Add", bias)
+    with pytest.raises(VerificationError, match=r"class0.onnx: accuracy on ort is 0\.\d+, 0\.\d+ below the FP32"):
+        Verify(backends=("ort",), repeats=10, max_accuracy_drop=0.2).run(
+            OnnxModel(constant, layers, art.model_path), ctx)
