@@ -39,7 +39,24 @@ def resume_state(ckpt: Path | None, fingerprint: str) -> dict | None:
         raise UserError(f"{ckpt}: not a readable supernet checkpoint ({exc})") from None
     if not isinstance(state, dict) or "fingerprint" not in state:
         raise UserError(f"{ckpt}: not a bitnas supernet checkpoint")
-    return state if state["fingerprint"] == fingerprint else None
+    if state["fingerprint"] == fingerprint:
+        return state
+    keep_aside(ckpt, str(state["fingerprint"]))
+    return None
+
+
+def keep_aside(ckpt: Path, fingerprint: str) -> Path:
+    """Move a checkpoint of other training settings out of the way (never overwritten), and say where."""
+    from bitnas import ui
+
+    stem = f"{ckpt.stem}.{''.join(c for c in fingerprint if c.isalnum())[:16] or 'other'}.old"
+    aside, k = ckpt.with_name(f"{stem}{ckpt.suffix}"), 1
+    while aside.exists():
+        k += 1
+        aside = ckpt.with_name(f"{stem}{k}{ckpt.suffix}")
+    ckpt.rename(aside)
+    ui.console.print(f"{ckpt}: trained with other settings; kept as {aside}")
+    return aside
 
 
 def train_supernet(

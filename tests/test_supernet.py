@@ -110,3 +110,24 @@ class _Killed(Exception):
 
 def _kill_after_epoch(epoch, total, history):
     raise _Killed
+
+
+def test_a_checkpoint_of_other_settings_is_kept_aside_not_overwritten(digits, tmp_path):
+    from bitnas.supernets.data import Dataset
+
+    small = Dataset("d", digits.x_train[:64], digits.y_train[:64], digits.x_val[:32], digits.y_val[:32], 10)
+    ckpt = tmp_path / "supernet.pt"
+    torch.manual_seed(0)
+    first = train_supernet(build_supernet("mbv2-tiny"), small, epochs=1, batch_size=64, n_random=0, seed=1,
+                           checkpoint=ckpt)
+    before = ckpt.read_bytes()
+    torch.manual_seed(0)
+    second = train_supernet(build_supernet("mbv2-tiny"), small, epochs=1, batch_size=64, n_random=0, seed=2,
+                            checkpoint=ckpt)  # one setting changed
+    assert first["fingerprint"] != second["fingerprint"]
+    (aside,) = [p for p in tmp_path.iterdir() if p.name != "supernet.pt"]
+    assert aside.name == f"supernet.{first['fingerprint'][:16]}.old.pt" and aside.read_bytes() == before
+    torch.manual_seed(0)  # the same settings again: resumed (finished), nothing moved
+    third = train_supernet(build_supernet("mbv2-tiny"), small, epochs=1, batch_size=64, n_random=0, seed=2,
+                           checkpoint=ckpt)
+    assert third["fingerprint"] == second["fingerprint"] and len(list(tmp_path.iterdir())) == 2
