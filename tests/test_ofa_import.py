@@ -255,7 +255,7 @@ def test_import_refuses_the_wrong_format_and_uses_the_weights_as_they_are(tmp_pa
     assert (got - want).abs().max().item() <= 1e-5
     # and on, as it is, through profile, a latency/size search (LUT only), compile, verify and gate
     cfg["search"] = {"searcher": "random", "budget": 4, "pop_size": 4, "objectives": ["latency_ms", "size_bytes"]}
-    cfg["compile"] = {"passes": quick_compile_passes(["ort", "openvino"], 10)}
+    cfg["compile"] = {"passes": quick_compile_passes(["ort"], 10)}
     (run / "project.yaml").write_text(yaml.safe_dump(cfg))
     assert main(["profile", "--project", str(run), "--no-blocks", "--repeats", "3", "--rounds", "1",
                  "--warmup", "1"]) == 0
@@ -264,8 +264,8 @@ def test_import_refuses_the_wrong_format_and_uses_the_weights_as_they_are(tmp_pa
     (art,) = list((run / "artifacts").iterdir())
     man = json.loads((art / "manifest.json").read_text())
     assert man["family"] == {"name": "ofa-proxyless", "space": "ofa-proxyless-w1.3"}
-    assert man["predicted"]["latency_ms"] > 0 and {"ort", "openvino"} <= set(man["measured"])
-    assert main(["verify", str(art)]) == 0
+    assert man["predicted"]["latency_ms"] > 0 and "ort" in man["measured"]
+    assert main(["verify", str(art), "--backend", "ort", "openvino"]) == 0
     assert main(["gate", "--baseline", str(art / "manifest.json"), "--current", str(art / "manifest.json")]) == 0
 
 
