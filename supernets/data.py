@@ -170,11 +170,34 @@ def load_digits(image_size: int = 32, val_fraction: float = 0.2, seed: int = 0) 
     return _finish("digits", x_tr, y_tr, x_va, y_va, image_size, raw_scale=16.0)
 
 
+# what a CIFAR-10 python batch may ask the unpickler for: numpy arrays (however numpy pickled them) and
+# Python 2 bytes; any other global (os.system, builtins.eval, ...) would run code, and is refused
+_PICKLE_GLOBALS = frozenset({
+    ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+    ("numpy.core.numeric", "_frombuffer"), ("numpy._core.numeric", "_frombuffer"),
+    ("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode"),
+})
+
+
+class _DataOnlyUnpickler(pickle.Unpickler):
+    def find_class(self, module: str, name: str):
+        if (module, name) not in _PICKLE_GLOBALS:
+            raise _Refused(f"{module}.{name}")
+        return super().find_class(module, name)
+
+
+class _Refused(Exception):
+    pass
+
+
 def _unpickle(path: Path) -> dict:
+    """A CIFAR-10 python batch (a pickle by format), read data-only: arrays, lists, bytes, nothing callable."""
     try:
         with path.open("rb") as fh:
-            # CIFAR-10's python batches are pickles by format; this reads only local files the user points at.
-            return pickle.load(fh, encoding="bytes")
+            return _DataOnlyUnpickler(fh, encoding="bytes").load()
+    except _Refused as exc:
+        raise DataError(f"{path}: refused: the file asks to load '{exc}', which a CIFAR-10 batch never holds "
+                        "(it could run code); only arrays, lists and bytes are read") from None
     except FileNotFoundError:
         raise DataError(f"{path}: CIFAR-10 batch file not found") from None
     except Exception as exc:  # noqa: BLE001 - any unpickling failure means the file is not a batch

@@ -87,3 +87,21 @@ def test_npz_errors(tmp_path):
         load_npz(tmp_path / "junk.npz")
     with pytest.raises(DataError, match="needs a path"):
         load_dataset("cifar10")
+
+
+def test_a_cifar_batch_that_would_run_code_is_refused_and_runs_nothing(tmp_path):
+    folder = tmp_path / "cifar"
+    _write_cifar(folder)
+    marker = tmp_path / "pwned"
+
+    class Payload:
+        def __reduce__(self):
+            import os
+
+            return (os.system, (f"touch {marker}",))
+
+    with (folder / "data_batch_1").open("wb") as fh:
+        pickle.dump({b"data": Payload(), b"labels": [0]}, fh)
+    with pytest.raises(DataError, match=r"data_batch_1: refused: the file asks to load '(posix|os)\.system'"):
+        load_cifar10(folder)
+    assert not marker.exists()
