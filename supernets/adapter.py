@@ -225,12 +225,9 @@ class AdaptedSupernet(nn.Module):
             return list(fn(path) or [])
         if not isinstance(self.adapter, nn.Module):
             raise ConfigError(f"{self.where}: train.init names {path}, but the adapter has no load_pretrained(path)")
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as exc:  # noqa: BLE001 - an unreadable or hostile file is the user's input
-            raise UserError(f"{path}: not a readable weights-only checkpoint ({exc})") from None
-        if not isinstance(state, dict):
-            raise UserError(f"{path}: not a state dict (top level is {type(state).__name__})")
+        from bitnas.supernets.families import read_weights
+
+        state = read_weights(Path(path), "state dict")
         own = self.adapter.state_dict()
         for key, value in state.items():
             if key not in own:

@@ -190,20 +190,26 @@ def load_pretrained(supernet: Any, path: Path, shape: tuple[int, int, int]) -> l
     return []
 
 
+def read_weights(path: Path, what: str) -> dict[str, Any]:
+    """A dict read weights-only from ``path`` (tensors and plain data, never code); one error naming the file."""
+    import torch
+
+    if not path.is_file():
+        raise UserError(f"{path}: {what} not found")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - an unreadable or hostile file is the user's input
+        raise UserError(f"{path}: not a readable weights-only {what} ({exc})") from None
+    if not isinstance(state, dict):
+        raise UserError(f"{path}: not a {what} (top level is {type(state).__name__})")
+    return state
+
+
 def load_checkpoint(supernet: Any, path: Path, space: str, shape: tuple[int, int, int]) -> dict[str, Any]:
     """Load a trained supernet's weights (weights only); a checkpoint of another space or shape is refused."""
     import json
 
-    import torch
-
-    if not path.is_file():
-        raise UserError(f"{path}: supernet checkpoint not found")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - an unreadable or hostile file is the user's input
-        raise UserError(f"{path}: not a readable weights-only supernet checkpoint ({exc})") from None
-    if not isinstance(state, dict):
-        raise UserError(f"{path}: not a supernet checkpoint (top level is {type(state).__name__})")
+    state = read_weights(path, "supernet checkpoint")
     settings = state.get("settings")
     if isinstance(settings, str):
         try:
