@@ -10,7 +10,8 @@ from bitnas.errors import UserError
 
 # --format -> "module:function" giving (family, space, input channels) of a checkpoint file
 FORMATS = {"ofa-mbv3": "bitnas.supernets.ofa:checkpoint_space",
-           "ofa-proxyless": "bitnas.supernets.ofa:checkpoint_space"}
+           "ofa-proxyless": "bitnas.supernets.ofa:checkpoint_space",
+           "ofa-resnet": "bitnas.supernets.ofa:checkpoint_space"}
 
 
 def register(sub) -> None:

@@ -54,7 +54,7 @@ class TrainSection(StrictModel):
     checkpoint: str | None = Field(None, description="a trained supernet (weights-only .pt) to use instead of "
                                                      "training; relative to the project file")
     init: str | None = Field(None, description="weights to start training from: a once-for-all checkpoint "
-                                               "(families ofa-mbv3, ofa-proxyless) or a bitnas checkpoint; `epochs` then "
+                                               "(families ofa-mbv3, ofa-proxyless, ofa-resnet) or a bitnas checkpoint; `epochs` then "
                                                "fine-tune them (0: use them as they are); relative to the project")
     epochs: int = Field(12, ge=0, description="supernet training epochs (0 only with `init`, `checkpoint` or an "
                                                "adapter's trained supernet)")

@@ -48,18 +48,48 @@ def scope(name: str) -> str:
     return name.rpartition(".")[0]
 
 
-def is_shortcut(unit: list[LayerSpec], s: LayerSpec) -> bool:
-    """True when ``s`` is the projection shortcut that closes the block ``unit``: a conv of the same module
-    scope that reads the unit's input and gives what the unit's last layer, a residual one, adds."""
+def _pool_starts_shortcut(unit: list[LayerSpec], s: LayerSpec) -> bool:
+    """True when ``s`` is the average pool that starts a downsampling shortcut (once-for-all ResNet's
+    ``avgpool_conv``: a ``stride`` x ``stride`` pool, then a 1x1 conv) closing the block ``unit``."""
     first, last = unit[0], unit[-1]
+    return (s.op == "avgpool" and s.kernel == s.stride > 1 and last.op == "conv" and last.residual
+            and bool(scope(s.name)) and scope(s.name) == scope(last.name) and s.cin == first.cin
+            and s.hw == first.hw and s.out_hw == last.out_hw)
+
+
+def is_shortcut(unit: list[LayerSpec], s: LayerSpec) -> bool:
+    """True when ``s`` continues the projection shortcut that closes the block ``unit``: a conv of the same
+    module scope that reads the unit's input and gives what the unit's last layer, a residual one, adds; or
+    the average pool that starts a pooled shortcut, and then the 1x1 conv that reads that pool."""
+    if len(unit) > 1 and unit[-1].op == "avgpool" and _pool_starts_shortcut(unit[:-1], unit[-1]):
+        pool, res = unit[-1], unit[-2]
+        return (s.op == "conv" and s.kernel == 1 and s.stride == 1 and scope(s.name) == scope(pool.name)
+                and s.cin == pool.cin and s.hw == pool.out_hw and s.cout == res.out_channels
+                and s.out_hw == res.out_hw)
+    first, last = unit[0], unit[-1]
+    if _pool_starts_shortcut(unit, s):
+        return True
     return (s.op == "conv" and last.op == "conv" and last.residual and bool(scope(s.name))
             and scope(s.name) == scope(last.name) and s.cin == first.cin and s.hw == first.hw
             and s.cout == last.out_channels and s.out_hw == last.out_hw)
 
 
+def shortcut_len(specs: list[LayerSpec] | tuple[LayerSpec, ...]) -> int:
+    """How many of a fusion unit's last layers are its shortcut (they read the unit's input): 0, 1 (a
+    projection conv) or 2 (an average pool and its 1x1 conv)."""
+    specs = list(specs)
+    n = len(specs)
+    if n >= 3 and specs[-2].op == "avgpool" and _pool_starts_shortcut(specs[:-2], specs[-2]) \
+            and is_shortcut(specs[:-1], specs[-1]):
+        return 2
+    if n >= 2 and specs[-1].op == "conv" and specs[-2].op != "avgpool" and is_shortcut(specs[:-1], specs[-1]):
+        return 1
+    return 0
+
+
 def extends_unit(unit: list[LayerSpec], s: LayerSpec) -> bool:
     """True when ``s`` continues ``unit``: same module scope, and it reads what the unit's last layer gives,
-    or it is the block's projection shortcut (``is_shortcut``)."""
+    or it is (part of) the block's projection shortcut (``is_shortcut``)."""
     last = unit[-1]
     chained = (s.op in UNIT_OPS and last.op in UNIT_OPS and bool(scope(s.name)) and scope(s.name) == scope(last.name)
                and s.cin == last.out_channels and s.hw == last.out_hw)
@@ -76,7 +106,13 @@ def group_units(layers: list[LayerSpec]) -> list[list[LayerSpec]]:
             units[-1].append(s)
         else:
             units.append([s])
-    return units
+    out: list[list[LayerSpec]] = []
+    for u in units:  # a pool that started no complete shortcut is a lone layer
+        if len(u) > 1 and u[-1].op == "avgpool":
+            out += [u[:-1], u[-1:]]
+        else:
+            out.append(u)
+    return out
 
 
 def block_features(specs: list[LayerSpec], layer_ms: list[float]) -> list[float]:

@@ -26,7 +26,7 @@ from onnx import TensorProto, helper, numpy_helper
 from bitnas.backends.base import Backend, Measurement, interleaved_samples, interleaved_timing
 from bitnas.errors import LutError, UnknownLayerError, UserError
 from bitnas.io import atomic_write_json, sha256_bytes
-from bitnas.latency_luts.lut import VERSION, LatencyTable, block_key, is_shortcut, table_from_results
+from bitnas.latency_luts.lut import VERSION, LatencyTable, block_key, shortcut_len, table_from_results
 from bitnas.passes.export_onnx import INPUT_NAME, OUTPUT_NAME
 from bitnas.passes.inc_ptq import inc_quantize_qdq
 from bitnas.space import FLOAT_BITS, Bits, LayerSpec
@@ -126,8 +126,9 @@ def input_shapes(specs: Sequence[LayerSpec]) -> dict[str, list[int]]:
         raise UserError("a unit to profile needs at least one layer")
     for s in specs:
         check_layer(s)
+    first_shortcut = len(specs) - shortcut_len(specs)
     for i, (prev, s) in enumerate(zip(specs, specs[1:]), 1):
-        if i == len(specs) - 1 and is_shortcut(specs[:i], s):
+        if i >= first_shortcut:  # the shortcut reads the unit's input
             continue
         if _in_shape(s) != _out_shape(prev):
             raise UnknownLayerError(f"{_label(s)}: reads {_in_shape(s)} but the unit's previous layer "
@@ -279,7 +280,7 @@ def unit_model(specs: Sequence[LayerSpec], seed: int = 0) -> onnx.ModelProto:
     Each op is built as ``torch.onnx.export`` (opset 17) emits bitnas's module of it. The Conv/Gemm of a
     quantizable layer is named ``layer`` (one layer) or ``layer0``, ``layer1``... In a multi-layer unit a
     residual layer adds the earliest tensor of the unit with its output shape (the block's input), or the
-    output of the block's projection shortcut (``is_shortcut``), which is built first and reads the unit's input.
+    output of the block's projection shortcut (``shortcut_len``), which is built first and reads the unit's input.
     """
     specs = list(specs)
     shapes = input_shapes(specs)
@@ -287,9 +288,11 @@ def unit_model(specs: Sequence[LayerSpec], seed: int = 0) -> onnx.ModelProto:
     n = len(specs)
     chain = specs
     tensors = [(INPUT_NAME, shapes[INPUT_NAME])]  # the unit's tensors a residual may add, earliest first
-    if n > 1 and is_shortcut(specs[:-1], specs[-1]):  # the projection shortcut runs first, on the unit's input
-        chain = specs[:-1]
-        sc = _BUILDERS["conv"](u, specs[-1], INPUT_NAME, f"{LAYER_NODE}{n - 1}", _prefix(n - 1, n), None)
+    k = shortcut_len(specs)
+    if k:  # the projection shortcut (a conv, or an average pool and a conv) runs first, on the unit's input
+        chain, sc = specs[:-k], INPUT_NAME
+        for j in range(n - k, n):
+            sc = _BUILDERS[specs[j].op](u, specs[j], sc, f"{LAYER_NODE}{j}", _prefix(j, n), None)
         tensors = [(sc, _out_shape(specs[-1]))]
     y = INPUT_NAME
     for i, spec in enumerate(chain):

@@ -654,9 +654,14 @@ def load_ofa_weights(net: OFASupernet, state: dict[str, torch.Tensor], path: str
 
 
 def checkpoint_space(path: str | Path) -> tuple[str, str, int]:
-    """(family, space, input channels) of a once-for-all checkpoint; a configuration bitnas has no space for
-    is refused, naming what it holds."""
-    d = infer_definition(read_state_dict(path), path)
+    """(family, space, input channels) of a once-for-all checkpoint (MobileNetV3, ProxylessNAS or ResNet, as
+    its keys say); a configuration bitnas has no space for is refused, naming what it holds."""
+    state = read_state_dict(path)
+    if any(k.startswith("input_stem.") for k in state):
+        from bitnas.supernets.ofa_resnet import resnet_checkpoint_space
+
+        return resnet_checkpoint_space(state, path)
+    d = infer_definition(state, path)
     known = SPACES[d.name]() if d.name in SPACES else None
     if known is None or (known.kernels, known.expands, known.depths) != (d.kernels, d.expands, d.depths):
         raise ConfigError(f"{path}: holds {NETWORK[d.kind]} width {d.width_mult}, kernels {list(d.kernels)}, "

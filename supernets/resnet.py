@@ -82,9 +82,10 @@ def plan(d: ResNetDef, arch: dict[str, Any]) -> tuple[int, int, list[BottleneckP
 
 
 class Bottleneck(nn.Module):
-    """Static bottleneck: reduce, 3x3, expand, shortcut (identity or projection), ReLU after the add."""
+    """Static bottleneck: reduce, 3x3, expand, shortcut (identity, a projection conv, or a pool and a conv),
+    ReLU after the add."""
 
-    def __init__(self, conv1: ConvUnit, conv2: ConvUnit, conv3: ConvUnit, shortcut: ConvUnit | None):
+    def __init__(self, conv1: ConvUnit, conv2: ConvUnit, conv3: ConvUnit, shortcut: nn.Module | None):
         super().__init__()
         self.conv1, self.conv2, self.conv3, self.shortcut = conv1, conv2, conv3, shortcut
 

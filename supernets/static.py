@@ -142,6 +142,22 @@ class SE(nn.Module):
         return x * F.hardsigmoid(self.expand(s))[:, :, None, None]
 
 
+class Pool(nn.Module):
+    """A float max or average pool (``op`` ``maxpool``/``avgpool``, padded as a conv of its kernel is). Its
+    ONNX node is named ``<layer_name>.maxpool`` or ``<layer_name>.averagepool``: ``layer_name`` is the scope
+    (``stem``, ``s1.b0``) it belongs to."""
+
+    def __init__(self, layer_name: str, op: str, kernel: int, stride: int):
+        super().__init__()
+        self.layer_name, self.op, self.kernel, self.stride = layer_name, op, kernel, stride
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        p = self.kernel // 2 if self.kernel % 2 else 0
+        if self.op == "maxpool":
+            return F.max_pool2d(x, self.kernel, self.stride, p)
+        return F.avg_pool2d(x, self.kernel, self.stride, p, count_include_pad=False)
+
+
 class InvertedResidual(nn.Module):
     """Expand (none at expansion 1), depthwise, optional squeeze-excite, project, optional residual add:
     a MobileNetV2 or MobileNetV3 block."""

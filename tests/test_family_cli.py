@@ -14,7 +14,8 @@ from tests.conftest import cli_train_to_artifact, quick_compile_passes
 SPACES = {"mbv2": ("mbv2-tiny", 16), "mbv3": ("mbv3-tiny", 16), "resnet": ("ofa-resnet-tiny", 16),
           "vit": ("vit-tiny", 16)}
 # families whose supernets come trained from another tool: their end-to-end test imports one (test_ofa_import)
-IMPORTED = {"ofa-mbv3": ("ofa-mbv3-w1.0", 32), "ofa-proxyless": ("ofa-proxyless-w1.3", 32)}
+IMPORTED = {"ofa-mbv3": ("ofa-mbv3-w1.0", 32), "ofa-proxyless": ("ofa-proxyless-w1.3", 32),
+            "ofa-resnet": ("ofa-resnet50", 32)}
 
 
 def test_every_builtin_family_has_a_cpu_space():
