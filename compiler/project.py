@@ -29,7 +29,7 @@ PROJECT_FILE = "project.yaml"
 
 DEFAULT_PASSES: tuple[Any, ...] = (
     "ExtractSubnet", "RecalibrateBn", "Qaft", "ExportOnnx", "AssignBitwidths", "IncStaticPtq", "SubByteWeights",
-    "Verify", "Package",
+    "Compact", "Verify", "Package",
 )
 
 
@@ -252,12 +252,19 @@ class Project:
     def default(cls, root: str | Path, cfg: ProjectConfig | None = None, source: str = "<default project>") -> Project:
         return cls(cfg or ProjectConfig(), root, source)
 
+    def writer(self) -> None:
+        """Take the run folder's lock (one writing process per run folder; see ``bitnas.runlock``)."""
+        from bitnas.runlock import hold
+
+        hold(self.run.root)
+
     def resolve_path(self, value: str) -> Path:
         p = Path(value).expanduser()
         return p if p.is_absolute() else self.base / p
 
     def write_config(self) -> Path:
         """Write the project's config into the run folder (what later commands read)."""
+        self.writer()
         self.run.root.mkdir(parents=True, exist_ok=True)
         cfg = self.cfg
         upd: dict[str, Any] = {}
@@ -310,6 +317,7 @@ class Project:
         """The trained supernet: the configured checkpoint, the run folder's finished one, or trained now."""
         if self._supernet is not None:
             return self._supernet
+        self.writer()
         import torch
 
         from bitnas.io import sha256_file
@@ -447,6 +455,7 @@ class Project:
     # ------------------------------------------------------------------------------------------ search
     def search(self, fresh_study: bool = False) -> dict[str, Any]:
         """Run the configured search into the run folder's study; the front as a table, JSON and a plot."""
+        self.writer()
         from bitnas.plots import plot_front
         from bitnas.problem import normalized_hv
         from bitnas.searchers import Study, non_dominated, run_search
@@ -625,6 +634,7 @@ class Project:
     # ------------------------------------------------------------------------------------------ all
     def run_all(self) -> dict[str, Any]:
         """Train (or load), profile (or reuse), search, and compile the knee: the whole flow."""
+        self.writer()
         self.write_config()
         data = self.data()
         ui.console.print(f"data: {data.name}, train {len(data.y_train)}, val {len(data.y_val)}, "

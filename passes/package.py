@@ -4,35 +4,28 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import onnx
-from onnx import numpy_helper
 from pydantic import Field
 
 from bitnas.artifact import MODEL_FILE, Artifact, write_artifact
 from bitnas.config import StrictModel
+from bitnas.errors import UserError
 from bitnas.fingerprint import library_versions
-from bitnas.io import atomic_write_bytes
+from bitnas.io import atomic_write_bytes, sha256_file
 from bitnas.passes.export_onnx import QUANT_OPS, OnnxModel
 from bitnas.pipeline import Pass, PassContext
 
 
 def compact_model(src: Path, dst: Path) -> None:
-    """Drop what the runtimes do not need: shape annotations, all-zero weight/bias zero points, long names.
+    """Drop what the runtimes do not need: shape annotations, unused initializers, long names.
 
     Conv/Gemm nodes keep their layer names and the graph keeps its input and output names; every other
-    tensor and node gets a short name.
+    tensor and node gets a short name. Zero points stay, even all-zero ones: ONNX Runtime's CPU provider
+    fuses a Gemm's QDQ pattern only when its weight has one (without it the classifier runs in float).
     """
     m = onnx.load(str(src))
     g = m.graph
     del g.value_info[:]
-    inits = {t.name: t for t in g.initializer}
-    for node in g.node:
-        if node.op_type == "DequantizeLinear" and len(node.input) == 3 and node.input[2] in inits:
-            zp = inits[node.input[2]]
-            # signed zero points of 0 are the default (symmetric weights, INT32 biases); uint8 activations keep theirs
-            if zp.data_type != onnx.TensorProto.UINT8 and not np.any(numpy_helper.to_array(zp)):
-                del node.input[2]
     used = {i for n in g.node for i in n.input}
     keep = [t for t in g.initializer if t.name in used]
     del g.initializer[:]
@@ -68,8 +61,19 @@ def compact_model(src: Path, dst: Path) -> None:
 VERSIONED = ("torch", "onnx", "onnxruntime", "openvino", "onnx-neural-compressor", "apache-tvm", "bitnas")
 
 
+class Compact(Pass):
+    """Drop shape annotations, unused initializers and long tensor names (``compact_model``): before Verify,
+    so what Verify measures is the file Package ships."""
+
+    def run(self, model: OnnxModel, ctx: PassContext) -> OnnxModel:
+        out = ctx.workdir / "model.compact.onnx"
+        compact_model(model.path, out)
+        return OnnxModel(path=out, layers=model.layers, float_path=model.float_path)
+
+
 class Package(Pass):
-    """Write ``model.onnx`` and ``manifest.json`` atomically into the artifact folder."""
+    """Write ``model.onnx`` and ``manifest.json`` atomically into the artifact folder. The model must be the
+    very file Verify measured (when the pipeline verified it): the manifest's figures are of what ships."""
 
     cacheable = False
 
@@ -78,9 +82,11 @@ class Package(Pass):
                                                  "default: the one the compile command chose")
 
     def run(self, model: OnnxModel, ctx: PassContext) -> Artifact:
-        compact = ctx.workdir / "model.compact.onnx"
-        compact_model(model.path, compact)
-        model = OnnxModel(path=compact, layers=model.layers, float_path=model.float_path)
+        measured_sha = (ctx.results.get("measured") or {}).get("model_sha256")
+        if measured_sha is not None and sha256_file(model.path) != measured_sha:
+            raise UserError(f"{self.name}: {model.path} is not the model Verify measured (a pass after Verify "
+                            "changed it); put Verify right before Package, so the manifest's figures are of "
+                            "the file that ships")
         candidate = ctx.need("candidate", self.name)
         chosen = self.config.out or ctx.results.get("artifact_dir") or "artifact"
         out = Path(chosen)

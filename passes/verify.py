@@ -11,6 +11,7 @@ from pydantic import Field, field_validator
 from bitnas.backends import get_backend, interleaved_timing
 from bitnas.config import StrictModel
 from bitnas.errors import VerificationError
+from bitnas.io import sha256_file
 from bitnas.passes.assign_bits import layer_bits_of
 from bitnas.passes.export_onnx import INPUT_NAME, OnnxModel
 from bitnas.pipeline import Pass, PassContext
@@ -115,5 +116,6 @@ class Verify(Pass):
         primary = measured[names[0]]
         measured.update({k: primary[k] for k in ("latency_ms", "latency_ms_fp32", "accuracy", "accuracy_fp32")})
         measured["primary_backend"] = names[0]
+        measured["model_sha256"] = sha256_file(model.path)  # the bytes measured: Package ships only these
         ctx.results["measured"] = measured
         return model

@@ -14,6 +14,7 @@ from bitnas.fingerprint import has_vnni
 from bitnas.onnxio import load_onnx
 from bitnas.passes import (
     AssignBitwidths,
+    Compact,
     ExportOnnx,
     ExtractSubnet,
     IncStaticPtq,
@@ -46,19 +47,30 @@ def compiled(trained, digits, tmp_path_factory):
     ctx = PassContext(workdir=work, inputs={"supernet": trained, "data": digits, "reference_net": reference},
                       results={"predicted": {"latency_ms": 1.0}})
     pipeline = Sequential([ExtractSubnet(), RecalibrateBn(), ExportOnnx(), AssignBitwidths(), IncStaticPtq(),
-                           Verify(repeats=20, warmup=2, rounds=2), Package(out="artifact")])
+                           Compact(), Verify(repeats=20, warmup=2, rounds=2), Package(out="artifact")])
     artifact = pipeline.run(cand, ctx)
     return cand, ctx, artifact
 
 
 def test_every_pass_is_registered_with_a_strict_documented_config():
     for name in ("ExtractSubnet", "RecalibrateBn", "ExportOnnx", "AssignBitwidths", "IncStaticPtq", "OrtStaticPtq",
-                 "Verify", "Package"):
+                 "Compact", "Verify", "Package"):
         cls = PASSES[name]
         for field_name, field in cls.Config.model_fields.items():
             assert field.description, f"{name}.{field_name} lacks a description"
         with pytest.raises(UserError, match="unknown key 'nope'"):
             cls(nope=1)
+
+
+def test_a_pass_writes_only_inside_its_work_folder():
+    """A pass's ``filename`` is one plain ``*.onnx`` name: a path out of the work folder (``../..``, absolute,
+    a sub-path) or a file of another kind is refused naming the key."""
+    for name in ("ExportOnnx", "AssignBitwidths", "IncStaticPtq", "OrtStaticPtq", "SubByteWeights"):
+        cls = PASSES[name]
+        assert cls(filename="mine.onnx").config.filename == "mine.onnx"
+        for bad in ("../../thesis.onnx", "/etc/x.onnx", "sub/x.onnx", "..\\x.onnx", "..", "", "x.txt", ".onnx"):
+            with pytest.raises(UserError, match="key 'filename'.*(plain file name|visible)"):
+                cls(filename=bad)
 
 
 def test_export_names_nodes_after_layers_and_matches_torch(trained, digits, tmp_path):
@@ -113,6 +125,25 @@ def test_manifest_holds_the_required_keys_and_checksums(compiled):
         assert man["versions"][lib]
     assert set(man["files"]) == {"model.onnx"}
     Artifact.load(artifact.root)  # checksums verify
+    # what Verify measured is the very file that ships
+    assert man["measured"]["model_sha256"] == man["files"]["model.onnx"]["sha256"]
+
+
+def test_package_refuses_a_model_changed_after_verify(compiled, tmp_path):
+    """A pass between Verify and Package that rewrites the model would ship bytes nobody measured: refused,
+    naming the fix; nothing is written."""
+    from bitnas.passes import OnnxModel
+
+    cand, ctx, artifact = compiled
+    changed = tmp_path / "changed.onnx"
+    m = onnx.load(str(artifact.model_path))
+    m.doc_string = "rewritten after Verify"
+    onnx.save(m, str(changed))
+    model = OnnxModel(changed, list(artifact.manifest["model"]["layers"]))
+    with pytest.raises(UserError, match="not the model Verify measured.*put Verify right before Package"):
+        Package(out=str(tmp_path / "art")).run(model, PassContext(workdir=tmp_path / "w", inputs={"candidate": cand},
+                                                                  results=dict(ctx.results)))
+    assert not (tmp_path / "art").exists()
 
 
 def test_tampered_or_missing_files_are_named(compiled, tmp_path):
