@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Annotated, Any, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, ValidationError
 
 from bitnas.errors import ConfigError
 
@@ -18,6 +18,19 @@ class StrictModel(BaseModel):
 
 
 M = TypeVar("M", bound=BaseModel)
+
+
+def _plain_onnx_name(name: str) -> str:
+    """A file name a pass writes in its work folder: one plain ``*.onnx`` name, never a path out of it."""
+    if not name or name in (".", "..") or "/" in name or "\\" in name or "\0" in name or Path(name).is_absolute():
+        raise ValueError(f"'{name}' is not a plain file name (a pass writes only inside its work folder)")
+    if not name.endswith(".onnx") or name.startswith("."):
+        raise ValueError(f"'{name}' is not a visible '*.onnx' file name")
+    return name
+
+
+# the ``filename`` of a pass's output: confined to the pass's work folder
+WorkFileName = Annotated[str, AfterValidator(_plain_onnx_name)]
 
 
 def _loc(loc: tuple) -> str:

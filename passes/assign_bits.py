@@ -12,7 +12,7 @@ from pathlib import Path
 import onnx
 from pydantic import Field
 
-from bitnas.config import StrictModel
+from bitnas.config import StrictModel, WorkFileName
 from bitnas.errors import ArtifactError, InternalError
 from bitnas.io import atomic_write_bytes
 from bitnas.passes.export_onnx import QUANT_OPS, OnnxModel
@@ -53,7 +53,7 @@ class AssignBitwidths(Pass):
     """Write the candidate's policy onto the exported graph."""
 
     class Config(StrictModel):
-        filename: str = Field("bits.onnx", description="file written in the work folder")
+        filename: WorkFileName = Field("bits.onnx", description="file written in the work folder")
 
     def run(self, model: OnnxModel, ctx: PassContext) -> OnnxModel:
         candidate = ctx.need("candidate", self.name)

@@ -12,7 +12,7 @@ from onnx import numpy_helper
 from pydantic import Field
 from torch import nn
 
-from bitnas.config import StrictModel
+from bitnas.config import StrictModel, WorkFileName
 from bitnas.errors import InternalError
 from bitnas.io import atomic_write_bytes
 from bitnas.pipeline import Pass, PassContext
@@ -136,7 +136,7 @@ class ExportOnnx(Pass):
 
     class Config(StrictModel):
         opset: int = Field(17, ge=13, le=21, description="ONNX opset of the exported graph")
-        filename: str = Field("fp32.onnx", description="file written in the work folder")
+        filename: WorkFileName = Field("fp32.onnx", description="file written in the work folder")
         check_layers: bool = Field(True, description="check the family's layers() for the candidate against the "
                                                      "exported graph (what the LUT priced is what ships)")
 

@@ -20,7 +20,7 @@ import numpy as np
 import onnx
 from pydantic import Field
 
-from bitnas.config import StrictModel
+from bitnas.config import StrictModel, WorkFileName
 from bitnas.errors import InternalError, MissingDependencyError, UserError
 from bitnas.fingerprint import has_vnni
 from bitnas.io import atomic_write_bytes
@@ -177,7 +177,7 @@ class StaticPtq(Pass):
         calibration_batch_size: int = Field(64, ge=1, description="images per calibration batch")
         calibrate_method: Literal["minmax", "entropy", "percentile"] = Field("minmax", description="range estimator")
         reduce_range: bool | Literal["auto"] = Field("auto", description="7-bit weights; auto: on without VNNI")
-        filename: str = Field("quant.onnx", description="file written in the work folder")
+        filename: WorkFileName = Field("quant.onnx", description="file written in the work folder")
 
     @abstractmethod
     def quantize(self, src: Path, dst: Path, nodes: list[str], calib: list[np.ndarray], reduce_range: bool) -> None:

@@ -17,7 +17,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 from pydantic import Field
 
-from bitnas.config import StrictModel
+from bitnas.config import StrictModel, WorkFileName
 from bitnas.errors import InternalError
 from bitnas.io import atomic_write_bytes
 from bitnas.passes.assign_bits import layer_bits_of, set_layer_bits
@@ -56,7 +56,7 @@ class SubByteWeights(Pass):
         storage: Literal["auto", "int4", "int8"] = Field(
             "auto", description="auto: packed INT4 for 2-4 bits unless a target runtime cannot read it")
         runtimes: tuple[str, ...] = Field(("ort", "openvino"), description="runtimes the artifact must run on")
-        filename: str = Field("subbyte.onnx", description="file written in the work folder")
+        filename: WorkFileName = Field("subbyte.onnx", description="file written in the work folder")
 
     def run(self, model: OnnxModel, ctx: PassContext) -> OnnxModel:
         bits = layer_bits_of(model.path)
