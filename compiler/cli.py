@@ -232,6 +232,15 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        return _run(args)
+    finally:
+        from bitnas.runlock import release_all
+
+        release_all()  # the run folders this command wrote are free for the next one
+
+
+def _run(args: argparse.Namespace) -> int:
+    try:
         return args.fn(args)
     except UserError as exc:
         print(f"bitnas: error: {exc}", file=sys.stderr)

@@ -162,3 +162,34 @@ def test_project_load_finds_the_file_in_a_folder(tmp_path):
         Project.load(tmp_path / "nowhere")
     with pytest.raises(ConfigError, match="unknown key"):
         validate_config(ProjectConfig, {"lut": {"thread": 2}}, "x")
+
+
+def test_one_process_writes_a_run_folder_and_the_lock_dies_with_it(tmp_path, capsys):
+    """A second process on a run folder is refused before any work, naming the process that has it; the
+    lock does not outlive that process, even killed with SIGKILL."""
+    import signal
+    import subprocess
+    import sys
+
+    from bitnas.runlock import release_all
+
+    run = tmp_path / "p"
+    assert main(["init", str(run)]) == 0
+    child = subprocess.Popen([sys.executable, "-c", "import sys, time; from bitnas.runlock import hold; "
+                              f"hold(sys.argv[1], 'bitnas search --project {run}'); print('held', flush=True); "
+                              "time.sleep(120)", str(run)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout.readline().strip() == "held"
+        capsys.readouterr()
+        before = sorted(p.name for p in run.iterdir())
+        assert main(["search", "--project", str(run)]) == 2
+        err = capsys.readouterr().err
+        assert f"run folder in use by process {child.pid} (bitnas search --project {run}" in err
+        assert sorted(p.name for p in run.iterdir()) == before  # nothing trained, profiled or written
+    finally:
+        child.send_signal(signal.SIGKILL)
+        child.wait()
+    project = Project.load(run)
+    project.writer()  # free again: the kernel dropped the dead process's lock
+    project.writer()  # re-entrant within a process
+    release_all()
