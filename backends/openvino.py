@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import sys
 from collections.abc import Mapping
 from pathlib import Path
+from types import ModuleType
 
 import numpy as np
 
@@ -13,6 +16,25 @@ from bitnas.errors import ArtifactError
 from bitnas.onnxio import load_onnx
 
 
+def import_openvino() -> ModuleType:
+    """``import openvino`` with its usage telemetry off. OpenVINO's model-conversion tools initialize their
+    telemetry at import and, with no consent file in the home folder, send an event (a child process looks up
+    an analytics host). Their own switch declines it when ``CI=true`` at that moment; it is set for the import
+    alone, so nothing is sent later either, no consent file is written, and the environment is left as it was."""
+    if "openvino" in sys.modules:
+        return sys.modules["openvino"]
+    saved = os.environ.get("CI")
+    os.environ["CI"] = "true"
+    try:
+        import openvino
+    finally:
+        if saved is None:
+            os.environ.pop("CI", None)
+        else:
+            os.environ["CI"] = saved
+    return openvino
+
+
 @register
 class OpenVinoBackend(Backend):
     name = "openvino"
@@ -20,19 +42,18 @@ class OpenVinoBackend(Backend):
 
     @classmethod
     def _available(cls) -> bool:
-        import openvino  # noqa: F401
-
+        import_openvino()
         return True
 
     def fingerprint(self):
-        import openvino as ov
+        ov = import_openvino()
 
         fp = super().fingerprint()
         fp["runtime_version"] = ov.get_version()
         return fp
 
     def _compiled(self, onnx_path: str | Path):
-        import openvino as ov
+        ov = import_openvino()
 
         load_onnx(onnx_path, check=False)
         core = ov.Core()
@@ -54,7 +75,7 @@ class OpenVinoBackend(Backend):
         Passing a dict to ``infer`` converts every array and wraps the outputs on each call (~70 us here),
         which is larger than most subnets' own compute and noisier.
         """
-        import openvino as ov
+        ov = import_openvino()
 
         compiled = self._compiled(onnx_path)
         request = compiled.create_infer_request()

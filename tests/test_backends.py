@@ -126,3 +126,42 @@ def test_tvm_runs_any_batch_of_a_dynamic_batch_model(models, tmp_path):
     ref = get_backend("ort").run(p, {"input": xb})[0]
     np.testing.assert_allclose(run({"input": xb})[0], ref, rtol=1e-3, atol=1e-3)
     assert run(x)[0].shape[0] == 1
+
+
+def test_openvino_telemetry_is_off(tmp_path):
+    """Importing OpenVINO through bitnas sends nothing: its telemetry declines consent, writes no consent or
+    client-id file in the home folder, and (where strace exists) the process opens no network socket; a
+    plain ``import openvino`` in the same setting would take the missing consent file as consent."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k not in ("CI", "TF_BUILD", "JENKINS_URL")}
+    probe = ("import openvino_telemetry as tm; {imp}; t = tm.Telemetry(); "
+             "import os; print(t.consent, 'CI' in os.environ)")
+
+    def run(home, imp, *prefix):
+        env["HOME"] = str(home)
+        home.mkdir()
+        out = subprocess.run([*prefix, sys.executable, "-c", probe.format(imp=imp)], env=env, capture_output=True,
+                             text=True, timeout=120)
+        assert out.returncode == 0, out.stderr
+        return out.stdout.split()
+
+    ours = run(tmp_path / "ours", "from bitnas.backends.openvino import import_openvino; import_openvino()")
+    assert ours == ["False", "False"]  # declined, and the environment as it was
+    assert not (tmp_path / "ours" / "intel").exists()
+    # what the switch prevents (asked of the consent check itself, so this test sends nothing either): no
+    # consent file, no CI, and OpenVINO's tools take it as consent
+    env["HOME"] = str(tmp_path / "plain")
+    (tmp_path / "plain").mkdir()
+    decision = subprocess.run([sys.executable, "-c", "from openvino_telemetry.utils.opt_in_checker import "
+                               "OptInChecker; print(OptInChecker().check(False, True).name)"], env=env,
+                              capture_output=True, text=True, timeout=120)
+    assert decision.stdout.strip() == "NO_FILE", decision.stderr
+    if shutil.which("strace"):
+        trace = tmp_path / "trace"
+        run(tmp_path / "traced", "from bitnas.backends.openvino import import_openvino; import_openvino()",
+            "strace", "-f", "-qq", "-e", "trace=connect", "-o", str(trace))
+        assert "AF_INET" not in trace.read_text()
