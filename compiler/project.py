@@ -224,6 +224,10 @@ class Project:
                               "has no energy model (targets with energy: "
                               f"{', '.join(n for n, t in TARGETS.items() if t.energy)})")
         self.searcher_class = SEARCHERS.get(cfg.search.searcher, f"{source}: search.searcher")
+        from bitnas.searchers.base import validate_options
+
+        # typed against the searcher's own keyword arguments, before any work
+        self.search_options = validate_options(self.searcher_class, cfg.search.options, source)
         self.pipeline = self.build_pipeline()
         self._data = None
         self._supernet = None
@@ -441,7 +445,7 @@ class Project:
 
     def make_searcher(self, problem):
         s = self.cfg.search
-        kwargs = {"pop_size": s.pop_size, **s.options}
+        kwargs = {"pop_size": s.pop_size, **self.search_options}
         if getattr(self.searcher_class, "needs_supernet", False):
             kwargs.update(supernet=problem.supernet, data=problem.data, lut=problem.lut,
                           reduce_range=problem.reduce_range)

@@ -177,3 +177,64 @@ def run_search(
         if idle >= max_idle_rounds:  # the searcher keeps proposing only known candidates
             break
     return study.evaluations()
+
+
+# what the driver gives every searcher; never a user option
+_FRAMEWORK_ARGS = frozenset({"self", "space", "objectives", "seed", "constraints", "cheap", "supernet", "data", "lut",
+                             "reduce_range"})
+_PROBABILITY = ("_ratio", "_prob")  # option names whose values are shares of something: in [0, 1]
+
+
+def validate_options(cls: type, options: Mapping[str, Any], where: str, key: str = "search.options") -> dict[str, Any]:
+    """``options`` checked against the keyword arguments of ``cls.__init__`` (their annotations, typed):
+    an unknown name, a value of another type, a non-finite number, a negative count or rate, a share outside
+    [0, 1], or a count below 1 where its default is positive, is one error naming ``where`` and the option."""
+    import inspect
+    import math
+    import typing
+
+    from pydantic import ConfigDict, Field, ValidationError, create_model
+
+    from bitnas.errors import ConfigError
+
+    try:
+        hints = typing.get_type_hints(cls.__init__)
+    except Exception:  # noqa: BLE001 - a plug-in's annotations the checker cannot resolve: pass through
+        return dict(options)
+    fields: dict[str, Any] = {}
+    for name, p in inspect.signature(cls.__init__).parameters.items():
+        if name in _FRAMEWORK_ARGS or p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
+            continue
+        default = None if p.default is inspect.Parameter.empty else p.default
+        tp = hints.get(name, Any)
+        args = typing.get_args(tp)
+        base = next(a for a in args if a is not type(None)) if len(args) == 2 and type(None) in args else tp
+        bounds: dict[str, Any] = {}
+        if base in (int, float):
+            # a count is at least 1 unless 0 is its default; rates and sizes are not negative
+            bounds["ge"] = 1 if base is int and default != 0 else 0
+            if name.endswith(_PROBABILITY):
+                bounds["le"] = 1
+            if base is float:
+                bounds["allow_inf_nan"] = False
+            lo, hi = getattr(cls, "option_bounds", {}).get(name, (bounds["ge"], bounds.get("le")))
+            bounds["ge"] = lo
+            if hi is not None:
+                bounds["le"] = hi
+        fields[name] = (tp, Field(default, **bounds) if p.default is not inspect.Parameter.empty else Field(**bounds))
+    model = create_model(f"{cls.__name__}Options", __config__=ConfigDict(extra="forbid", strict=False), **fields)
+    try:
+        checked = model.model_validate(dict(options))
+    except ValidationError as exc:
+        e = exc.errors()[0]
+        loc = ".".join(str(x) for x in e["loc"])
+        if e["type"] == "extra_forbidden":
+            known = ", ".join(sorted(fields)) or "none"
+            raise ConfigError(f"{where}: unknown key '{key}.{loc}' (searcher {cls.__name__} takes: {known})") \
+                from None
+        raise ConfigError(f"{where}: key '{key}.{loc}': {e['msg']} (got {e.get('input')!r})") from None
+    out = {k: getattr(checked, k) for k in options}
+    for k, v in out.items():
+        if isinstance(v, float) and not math.isfinite(v):
+            raise ConfigError(f"{where}: key '{key}.{k}': must be a finite number (got {v!r})")
+    return out

@@ -129,6 +129,7 @@ class EdmipsSearcher(HistorySearcher):
     """EdMIPS bit search on supernet sub-networks; one eta sweep (a small front) per ask."""
 
     needs_supernet = True
+    option_bounds = {"warm_steps": (0, None)}  # (lowest, highest) where the generic rule does not fit
 
     def __init__(self, space: SearchSpace, objectives: Sequence[Objective], seed: int = 0,
                  constraints: Mapping[str, float] | None = None, cheap: CheapFn | None = None,

@@ -56,6 +56,14 @@ def _run(capsys, *args):
     ({"budget": 0}, "key 'search.budget'"),
     ({"constraints": {"accuracy": 0.9}}, "key 'search.constraints.accuracy'"),
     ({"objectives": ["accuracy", "speed"]}, "search.objectives[1]: unknown objective 'speed'"),
+    # searcher options are typed against the searcher's own arguments, before any training
+    ({"searcher": "evolution", "options": {"inner_pop": -3}}, "key 'search.options.inner_pop': Input should be "
+                                                               "greater than or equal to 1"),
+    ({"searcher": "evolution", "options": {"parent_ratio": 1.5}}, "key 'search.options.parent_ratio'"),
+    ({"searcher": "evolution", "options": {"mutate_prob": float("nan")}}, "key 'search.options.mutate_prob'"),
+    ({"searcher": "linas", "options": {"inner_gens": "many"}}, "key 'search.options.inner_gens'"),
+    ({"searcher": "bo", "options": {"acquisition": "ei"}}, "key 'search.options.acquisition'"),
+    ({"searcher": "nsga2", "options": {"mutation": 0.1}}, "unknown key 'search.options.mutation'"),
 ])
 def test_bad_config_gets_one_clear_error(tmp_path, capsys, search, message):
     path = _project(tmp_path / "o", **search)
@@ -75,7 +83,7 @@ def test_missing_checkpoint_and_bad_options_name_the_key(tmp_path, capsys, demo_
     assert code == 2 and "checkpoint" in err and "none.pt" in err
     path = _project(tmp_path / "b", demo, searcher="linas", options={"population": 3}, calib_batches=1)
     code, _, err = _run(capsys, "search", "--project", str(path.parent))
-    assert code == 2 and "key 'search.options'" in err and "population" in err
+    assert code == 2 and "unknown key 'search.options.population'" in err and "inner_pop" in err
 
 
 def test_search_writes_study_front_and_plot_then_resumes(tmp_path, capsys, demo_run):
