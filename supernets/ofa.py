@@ -565,15 +565,11 @@ def _key_variants(key: str) -> list[str]:
 
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     """The tensors of a once-for-all checkpoint (``{'state_dict': ...}`` or a bare state dict), weights only."""
+    from bitnas.supernets.families import read_weights
+
     path = Path(path)
-    try:
-        raw = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: checkpoint not found") from None
-    except Exception as exc:  # a pickle with code in it, or not a torch file
-        raise ConfigError(f"{path}: not a weights-only PyTorch checkpoint ({type(exc).__name__}: "
-                          f"{str(exc).splitlines()[0][:200]})") from None
-    state = raw.get("state_dict", raw) if isinstance(raw, dict) else None
+    raw = read_weights(path, "once-for-all checkpoint")
+    state = raw.get("state_dict", raw)
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise ConfigError(f"{path}: holds no state dict of tensors")
     return {k.replace(".mobile_inverted_conv.", ".conv."): v for k, v in state.items()}

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from bitnas.errors import ConfigError
+from bitnas.errors import ConfigError, UserError
 from bitnas.supernets.families import build_supernet
 from bitnas.supernets.ofa import OFASupernet, infer_definition, load_ofa_weights, read_state_dict
 from tests.ofa_stub import ofa_networks
@@ -150,7 +150,7 @@ def test_a_pickle_with_code_is_refused(tmp_path, capsys):
     p = tmp_path / "ofa_mbv3_d234_e346_k357_w1.0.pth"
     with open(p, "wb") as f:
         pickle.dump({"state_dict": {"first_conv.conv.weight": _Payload()}}, f)
-    with pytest.raises(ConfigError, match="not a weights-only PyTorch checkpoint"):
+    with pytest.raises(UserError, match="not a readable weights-only once-for-all checkpoint"):
         read_state_dict(p)
     assert "code ran" not in capsys.readouterr().out
 
