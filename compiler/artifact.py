@@ -47,6 +47,7 @@ class Artifact:
             raise ArtifactError(f"{mpath}: missing key(s) {missing}")
         if manifest["schema_version"] != SCHEMA_VERSION:
             raise ArtifactError(f"{mpath}: schema_version {manifest['schema_version']} (this bitnas reads {SCHEMA_VERSION})")
+        _check_manifest(manifest, mpath)
         art = Artifact(root, manifest)
         if verify_checksums:
             art.verify_checksums()
@@ -64,6 +65,28 @@ class Artifact:
                 raise ArtifactError(f"{self.root / name}: listed in the manifest but missing")
             if sha256_file(path) != info.get("sha256"):
                 raise ArtifactError(f"{self.root / name}: sha256 does not match the manifest (file changed)")
+
+
+def _check_manifest(m: dict[str, Any], mpath: Path) -> None:
+    """The parts of a manifest the commands read have the types they read: one error naming the field."""
+    for key in ("candidate", "target", "lut", "predicted", "measured", "files", "versions"):
+        if not isinstance(m[key], dict):
+            raise ArtifactError(f"{mpath}: '{key}' must be an object, not {type(m[key]).__name__}")
+    c = m["candidate"]
+    if not isinstance(c.get("id"), str) or not isinstance(c.get("arch"), dict) or not isinstance(c.get("policy"), dict):
+        raise ArtifactError(f"{mpath}: 'candidate' must hold a string 'id' and objects 'arch' and 'policy'")
+    for name, info in m["files"].items():
+        if not isinstance(info, dict) or not isinstance(info.get("sha256"), str):
+            raise ArtifactError(f"{mpath}: 'files.{name}' must be an object with a string 'sha256'")
+    model = m.get("model")
+    if model is not None and not (isinstance(model, dict) and all(
+            isinstance(model.get(k, ""), str) for k in ("file", "input", "output"))
+            and isinstance(model.get("layers", []), list)):
+        raise ArtifactError(f"{mpath}: 'model' must be an object with string 'file', 'input', 'output' and a "
+                            "list 'layers'")
+    pre = m.get("preprocess")
+    if pre is not None and not isinstance(pre, dict):
+        raise ArtifactError(f"{mpath}: 'preprocess' must be an object or null")
 
 
 def _replaceable(root: Path) -> str | None:

@@ -67,12 +67,16 @@ def load_figures(path: str | Path) -> dict[str, Any]:
         data = json.loads(path.read_text())
     except FileNotFoundError:
         raise ArtifactError(f"{path}: file not found") from None
-    except json.JSONDecodeError as exc:
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ArtifactError(f"{path}: not valid JSON ({exc})") from None
+    except OSError as exc:
+        raise ArtifactError(f"{path}: cannot read ({exc.strerror})") from None
     man = data.get("manifest", data) if isinstance(data, dict) else None
     if not isinstance(man, dict) or "measured" not in man:
         raise ArtifactError(f"{path}: no 'measured' section (expected an artifact manifest)")
     measured = man["measured"]
+    if not isinstance(measured, dict):
+        raise ArtifactError(f"{path}: 'measured' must be an object, not {type(measured).__name__}")
     backends = {k: v for k, v in measured.items() if isinstance(v, dict) and "latency_ratio_to_fp32" in v}
     if not backends:
         raise ArtifactError(f"{path}: 'measured' has no backend with a latency_ratio_to_fp32")
