@@ -1,5 +1,5 @@
-"""A once-for-all MobileNetV3 w1.0 supernet at 224x224: import, profile, search, compile; is the knee's LUT
-prediction what its artifact measures?
+"""A once-for-all supernet at 224x224 (MobileNetV3 w1.0, or ResNet-50 with ``--family resnet``): import,
+profile, search, compile; is the knee's LUT prediction what its artifact measures?
 
 For each target (ONNX Runtime, OpenVINO with f32 pinned; 1 thread, batch 1) the script writes a
 once-for-all checkpoint of random weights under ``ofa``'s own keys (latency does not depend on the weights),
@@ -11,6 +11,9 @@ the target's own runtime (same statistic, p10). Optionally ``--validate N`` also
 validate`` on N subnets. Run it on an idle machine: it times things (about 40 minutes).
 
     python benchmarks/ofa_224_latency.py --out benchmarks/results [--targets ort-cpu openvino-cpu]
+        [--family mbv3|resnet]
+
+writes ``ofa_224_latency.json`` (MobileNetV3) or ``ofa_224_latency.resnet.json``.
 """
 
 from __future__ import annotations
@@ -41,15 +44,20 @@ def run(cmd: list[str], log: Path) -> str:
     return proc.stdout
 
 
-def write_checkpoint(path: Path) -> None:
-    """A random-weight OFAMobileNetV3 w1.0 supernet state dict under the ofa package's keys, its classifier
-    for the 10 digits classes (used as it is: epochs 0)."""
+# --family -> (import format, space, checkpoint file name as once-for-all names it)
+FAMILY = {"mbv3": ("ofa-mbv3", "ofa-mbv3-w1.0", "ofa_mbv3_d234_e346_k357_w1.0.pth"),
+          "resnet": ("ofa-resnet", "ofa-resnet50", "ofa_resnet50_d=0,1,2_e=0.2,0.25,0.35_w=0.65,0.8,1.0.pth")}
+
+
+def write_checkpoint(path: Path, space: str) -> None:
+    """A random-weight once-for-all supernet state dict under the ofa package's keys, its classifier for the
+    10 digits classes (used as it is: epochs 0)."""
     import torch
 
     from bitnas.supernets.families import build_supernet
 
     torch.manual_seed(0)
-    net = build_supernet("ofa-mbv3-w1.0", in_channels=3, image_size=224, num_classes=10)  # the data's classes
+    net = build_supernet(space, in_channels=3, image_size=224, num_classes=10)  # the data's classes
     torch.save({"state_dict": net.state_dict()}, path)
 
 
@@ -61,13 +69,16 @@ def main() -> int:
     ap.add_argument("--calibrate", type=int, default=40)
     ap.add_argument("--validate", type=int, default=0, help="also lut validate on N subnets (0: skip)")
     ap.add_argument("--budget", type=int, default=400, help="search evaluations (LUT only)")
+    ap.add_argument("--family", default="mbv3", choices=sorted(FAMILY))
     args = ap.parse_args()
-    out, work = Path(args.out), Path(args.work)
+    fmt, space, ckpt_name = FAMILY[args.family]
+    out, work = Path(args.out), Path(args.work) / args.family
     work.mkdir(parents=True, exist_ok=True)
     out.mkdir(parents=True, exist_ok=True)
-    ckpt = work / "ofa_mbv3_d234_e346_k357_w1.0.pth"
+    ckpt = work / ckpt_name
     if not ckpt.exists():
-        write_checkpoint(ckpt)
+        write_checkpoint(ckpt, space)
+    tag = "" if args.family == "mbv3" else f".{args.family}"
     rows = []
     for target in args.targets:
         run_dir = work / target
@@ -75,7 +86,7 @@ def main() -> int:
         if run_dir.exists():  # this script's own run folder from an earlier run
             shutil.rmtree(run_dir)
         t0 = time.perf_counter()
-        run(["bitnas", "import-supernet", "--format", "ofa-mbv3", "--checkpoint", str(ckpt), "--out", str(run_dir),
+        run(["bitnas", "import-supernet", "--format", fmt, "--checkpoint", str(ckpt), "--out", str(run_dir),
              "--target", target, "--image-size", "224", "--epochs", "0", "--force"], log)
         cfg_path = run_dir / "project.yaml"
         cfg = yaml.safe_load(cfg_path.read_text())
@@ -90,13 +101,13 @@ def main() -> int:
         run(["bitnas", "profile", "--project", str(run_dir), "--calibrate", str(args.calibrate)], log)
         profile_s = time.perf_counter() - t1
         lut = json.loads((run_dir / "lut.json").read_text())
-        row = {"target": target, "space": "ofa-mbv3-w1.0", "input": [1, 3, 224, 224], "threads": 1,
+        row = {"target": target, "space": space, "input": [1, 3, 224, 224], "threads": 1,
                "statistic": "p10", "profile_and_calibrate_s": round(profile_s, 1),
                "layer_entries": len(lut["entries"]), "block_entries": len(lut.get("blocks") or {}),
                "calibration_subnets": args.calibrate}
         if args.validate:
             report = json.loads(run(["bitnas", "lut", "validate", "--lut", str(run_dir / "lut.json"), "--project", str(run_dir), "--samples",
-                                     str(args.validate), "--plot", str(out / f"ofa224_{target}.validate.png"),
+                                     str(args.validate), "--plot", str(out / f"ofa224{tag}_{target}.validate.png"),
                                      "--json"], log))
             row["validate"] = {k: report[k] for k in ("samples", "mape", "kendall_tau", "within_10pct",
                                                       "repeatability", "measured_range_ms")}
@@ -122,7 +133,7 @@ def main() -> int:
         print(json.dumps(row, indent=1), flush=True)
     result = {"command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
               "goal": "knee artifact's measured latency within 10% of its LUT prediction", "rows": rows}
-    (out / "ofa_224_latency.json").write_text(json.dumps(result, indent=1))
+    (out / f"ofa_224_latency{tag}.json").write_text(json.dumps(result, indent=1))
     return 0
 
 

@@ -17,6 +17,7 @@ from bitnas.errors import ConfigError
 from bitnas.gate import Tolerance, compare, load_figures
 from bitnas.passes import (
     AssignBitwidths,
+    Compact,
     ExportOnnx,
     ExtractSubnet,
     IncStaticPtq,
@@ -94,7 +95,7 @@ def test_four_bit_weights_make_a_much_smaller_artifact_that_runs(subbyte_net, di
         ctx = _ctx(tmp_path / f"w{bits[0]}", subbyte_net, digits)
         # TVM's ONNX frontend cannot read INT4 tensors: this artifact is for ONNX Runtime and OpenVINO
         arts[bits] = Sequential([ExtractSubnet(), RecalibrateBn(), ExportOnnx(), AssignBitwidths(), IncStaticPtq(),
-                                 SubByteWeights(), Verify(backends=("ort", "openvino"), **FAST_VERIFY),
+                                 SubByteWeights(), Compact(), Verify(backends=("ort", "openvino"), **FAST_VERIFY),
                                  Package()]).run(cand, ctx)
         sizes[bits] = arts[bits].model_path.stat().st_size
     assert sizes[(8, 8)] / sizes[(4, 8)] >= 1.8
