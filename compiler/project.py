@@ -228,6 +228,9 @@ class Project:
 
         # typed against the searcher's own keyword arguments, before any work
         self.search_options = validate_options(self.searcher_class, cfg.search.options, source)
+        for key, value in (("train.checkpoint", t.checkpoint), ("train.init", t.init), ("lut.path", cfg.lut.path)):
+            if value and not self.resolve_path(value).is_file():  # found missing now, not after training
+                raise ConfigError(f"{source}: key '{key}': {self.resolve_path(value)} not found")
         self.pipeline = self.build_pipeline()
         self._data = None
         self._supernet = None

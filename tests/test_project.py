@@ -193,3 +193,12 @@ def test_one_process_writes_a_run_folder_and_the_lock_dies_with_it(tmp_path, cap
     project.writer()  # free again: the kernel dropped the dead process's lock
     project.writer()  # re-entrant within a process
     release_all()
+
+
+@pytest.mark.parametrize("section, key", [("lut", "path"), ("train", "checkpoint"), ("train", "init")])
+def test_a_missing_file_the_config_names_is_found_before_any_training(tmp_path, capsys, section, key):
+    path = _write(tmp_path / "p", {section: {key: "nowhere/file.bin"}})
+    assert main(["search", "--project", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert f"key '{section}.{key}': {tmp_path / 'p' / 'nowhere' / 'file.bin'} not found" in err
+    assert sorted(p.name for p in path.parent.iterdir()) == ["project.yaml"]  # nothing trained or written
