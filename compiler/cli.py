@@ -226,7 +226,20 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("artifact")
     v.add_argument("--backend", nargs="+", default=["ort", "openvino"], help="runtimes to run it on")
     v.set_defaults(fn=_cmd_verify)
+
+    rp = sub.add_parser("report", help="one self-contained HTML page of a run folder: front, hypervolume, bit "
+                                       "widths, LUT fidelity, the artifact's latency breakdown and manifest")
+    rp.add_argument("run", help="the run folder (holding project.yaml and a search result)")
+    rp.add_argument("--out", help="HTML file to write (default RUN/report.html)")
+    rp.set_defaults(fn=_cmd_report)
     return p
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from bitnas.report import write_report
+
+    print(write_report(args.run, args.out))
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:

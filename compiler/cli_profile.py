@@ -105,10 +105,15 @@ def _cmd_lut(args: argparse.Namespace) -> int:
         return _cmd_calibrate(args)
     from bitnas.latency_luts.validate import validate
 
-    supernet, _ = _supernet_of(args)
+    supernet, project = _supernet_of(args)
     report = validate(args.lut, supernet, args.samples, target=args.target, threads=args.threads,
                       repeats=args.repeats, rounds=args.rounds, seed=args.seed, force=args.force_lut,
                       plot=args.plot, workdir=args.workdir)
+    if project is not None:  # kept in the run folder for `bitnas report`
+        from bitnas.io import atomic_write_json
+
+        project.writer()
+        atomic_write_json(project.run.lut_validate, report)
     if args.json:
         print(json.dumps(report, indent=2))
     else:

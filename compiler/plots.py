@@ -20,8 +20,13 @@ def _axis(name: str, evals) -> np.ndarray:
 
 
 def plot_front(evals, front_ids: set[str], path: Path, objectives: Sequence, title: str) -> None:
+    """``front_png`` written atomically to ``path``."""
+    atomic_write_bytes(path, front_png(evals, front_ids, objectives, title))
+
+
+def front_png(evals, front_ids: set[str], objectives: Sequence, title: str) -> bytes:
     """The evaluated candidates in the first two objectives (accuracy up when it is one), coloured by the
-    third, the front highlighted; written atomically."""
+    third, the front highlighted, as PNG bytes."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -52,4 +57,4 @@ def plot_front(evals, front_ids: set[str], path: Path, objectives: Sequence, tit
     buf = io.BytesIO()
     fig.savefig(buf, dpi=110, format="png")
     plt.close(fig)
-    atomic_write_bytes(path, buf.getvalue())
+    return buf.getvalue()

@@ -163,6 +163,14 @@ class RunFolder:
         return self.root / "front.png"
 
     @property
+    def lut_validate(self) -> Path:
+        return self.root / "lut_validate.json"
+
+    @property
+    def report(self) -> Path:
+        return self.root / "report.html"
+
+    @property
     def artifacts(self) -> Path:
         return self.root / "artifacts"
 

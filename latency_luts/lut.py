@@ -283,28 +283,13 @@ class LatencyTable:
         layers = list(layers)
         ov = self._overhead()
         layer_sum = sum(self.layer_latency(s) for s in layers) + ov
-        latency, var = ov, 0.0
-        measured = corrected = 0
-        units = group_units(layers) if self.blocks else [[s] for s in layers]
-        for unit in units:
-            if len(unit) > 1:
-                key = block_key(unit)
-                if key in self.blocks:
-                    latency += self.block_latency(key)
-                    var += self._sd(self.blocks[key]) ** 2
-                    measured += 1
-                    continue
-                layer_ms = [self.layer_latency(s) for s in unit]
-                est = sum(layer_ms) * self.fusion.ratio(unit, layer_ms)
-                latency += est
-                var += (est * self.fusion.sd) ** 2 + sum(self._sd(self.entries[s.key]) ** 2 for s in unit)
-                corrected += 1
-                continue
-            for s in unit:
-                latency += self.layer_latency(s)
-                var += self._sd(self.entries[s.key]) ** 2
+        costs = self.unit_costs(layers)
+        units = [c["unit"] for c in costs]
+        latency = ov + sum(c["latency_ms"] for c in costs)
+        var = sum(c["var"] for c in costs)
         out = {"latency_ms": latency, "latency_sd_ms": math.sqrt(var), "latency_layer_sum_ms": layer_sum,
-               "blocks_measured": measured, "blocks_corrected": corrected}
+               "blocks_measured": sum(c["how"] == "measured block" for c in costs),
+               "blocks_corrected": sum(c["how"] == "corrected block" for c in costs)}
         if self.calibration:
             feats = network_features(latency - ov, units, self.calibration.get("features", LEGACY_CALIBRATION_FEATURES))
             coef = self.calibration["coef"]
@@ -315,6 +300,29 @@ class LatencyTable:
             out["latency_sd_ms"] = math.sqrt(var + (rel * out["latency_ms"]) ** 2)
         if all("energy_mj" in self.entries.get(s.key, {}) for s in layers) and layers:
             out["energy_mj"] = sum(float(self.entries[s.key]["energy_mj"]) for s in layers)
+        return out
+
+    def unit_costs(self, layers: Iterable[LayerSpec]) -> list[dict[str, Any]]:
+        """The predicted latency of each fusion unit of a network (overhead excluded, before any network-level
+        calibration): ``unit`` (its layers), ``latency_ms``, ``var`` (ms^2) and ``how`` it was priced
+        (``measured block``, ``corrected block``: its layers' sum times the fusion correction, ``layer``)."""
+        layers = list(layers)
+        out = []
+        for unit in group_units(layers) if self.blocks else [[s] for s in layers]:
+            if len(unit) > 1:
+                key = block_key(unit)
+                if key in self.blocks:
+                    out.append({"unit": unit, "latency_ms": self.block_latency(key),
+                                "var": self._sd(self.blocks[key]) ** 2, "how": "measured block"})
+                    continue
+                layer_ms = [self.layer_latency(s) for s in unit]
+                est = sum(layer_ms) * self.fusion.ratio(unit, layer_ms)
+                out.append({"unit": unit, "latency_ms": est, "how": "corrected block",
+                            "var": (est * self.fusion.sd) ** 2 + sum(self._sd(self.entries[s.key]) ** 2 for s in unit)})
+                continue
+            for s in unit:
+                out.append({"unit": [s], "latency_ms": self.layer_latency(s), "var": self._sd(self.entries[s.key]) ** 2,
+                            "how": "layer"})
         return out
 
     def check_device(self, fingerprint: dict[str, Any], force: bool = False) -> None:
