@@ -47,7 +47,7 @@ from bitnas.supernets.ofa import (
 )
 from bitnas.supernets.paper_spaces import INT8_OR_FLOAT, resnet_genes
 from bitnas.supernets.resnet import Bottleneck, StemResidual
-from bitnas.supernets.static import ConvUnit, LinearUnit, Pool, StaticNet
+from bitnas.supernets.static import ConvUnit, LinearUnit, Pool, StaticNet, leading_inputs
 
 BASE_DEPTHS = (2, 2, 4, 2)
 STAGE_WIDTHS = (256, 512, 1024, 2048)
@@ -283,12 +283,7 @@ class OFAResNetSupernet(nn.Module):
             body.append(Bottleneck(m.conv1.extract(f"{n}.conv1", bp.cin, bp.mid),
                                    m.conv2.extract(f"{n}.conv2", bp.mid, bp.mid),
                                    m.conv3.extract(f"{n}.conv3", bp.mid, bp.cout), shortcut))
-        lin, cin = self.classifier.linear.linear, bps[-1].cout
-        fc = nn.Linear(cin, self.d.num_classes)
-        with torch.no_grad():
-            fc.weight.copy_(lin.weight[:, :cin])
-            fc.bias.copy_(lin.bias)
-        body.append(LinearUnit("classifier", fc))
+        body.append(LinearUnit("classifier", leading_inputs(self.classifier.linear.linear, bps[-1].cout)))
         return StaticNet(body).eval()
 
     # ---------------------------------------------------------------- what the LUT prices

@@ -19,7 +19,7 @@ from torch import nn
 from bitnas.space import FLOAT_BITS, Bits, Candidate, LayerSpec, SearchSpace
 from bitnas.supernets.mbv2 import ElasticConv
 from bitnas.supernets.paper_spaces import INT8_OR_FLOAT, resnet_genes
-from bitnas.supernets.static import ConvUnit, LinearUnit, StaticNet
+from bitnas.supernets.static import ConvUnit, LinearUnit, StaticNet, leading_inputs
 
 
 @dataclass(frozen=True)
@@ -167,12 +167,7 @@ class ResNetSupernet(nn.Module):
                 m["conv2"].extract(f"{n}.conv2", bp.mid, bp.mid, 3, "relu"),
                 m["conv3"].extract(f"{n}.conv3", bp.mid, bp.cout, 1, "none"),
                 m["shortcut"].extract(f"{n}.shortcut", bp.cin, bp.cout, 1, "none") if "shortcut" in m else None))
-        cout = bps[-1].cout
-        fc = nn.Linear(cout, self.d.num_classes)
-        with torch.no_grad():
-            fc.weight.copy_(self.classifier.weight[:, :cout])
-            fc.bias.copy_(self.classifier.bias)
-        body.append(LinearUnit("classifier", fc))
+        body.append(LinearUnit("classifier", leading_inputs(self.classifier, bps[-1].cout)))
         return StaticNet(body).eval()
 
     def layers(self, candidate: Candidate) -> list[LayerSpec]:

@@ -120,6 +120,16 @@ class LinearUnit(FcUnit):
         return super().forward(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
 
 
+def leading_inputs(fc: nn.Linear, cin: int) -> nn.Linear:
+    """A copy of ``fc`` reading only its first ``cin`` inputs (an elastic classifier's active subnet)."""
+    out = nn.Linear(cin, fc.out_features, bias=fc.bias is not None)
+    with torch.no_grad():
+        out.weight.copy_(fc.weight[:, :cin])
+        if fc.bias is not None:
+            out.bias.copy_(fc.bias)
+    return out
+
+
 class TokenLinearUnit(FcUnit):
     """A linear layer applied to every token, computed on a 2-D view so it exports as one ``Gemm``."""
 
