@@ -124,13 +124,13 @@ def _cmd_lut(args: argparse.Namespace) -> int:
 
 def _cmd_calibrate(args: argparse.Namespace) -> int:
     from bitnas.latency_luts import LatencyTable
-    from bitnas.latency_luts.lut import CALIBRATION_FEATURES, NETWORK_FEATURES
+    from bitnas.latency_luts.lut import NETWORK_FEATURES
     from bitnas.latency_luts.validate import calibrate, measured_target
 
     lut = LatencyTable.load(args.lut)
     target = measured_target(lut.target)
-    features = tuple(f.strip() for f in args.features.split(",")) if args.features else CALIBRATION_FEATURES
-    unknown = [f for f in features if f not in NETWORK_FEATURES]
+    features = tuple(f.strip() for f in args.features.split(",")) if args.features else None
+    unknown = [f for f in features or () if f not in NETWORK_FEATURES]
     if unknown:
         raise UserError(f"--features: unknown feature(s) {unknown} (known: {', '.join(NETWORK_FEATURES)})")
     backend = target.make_backend(threads=int(lut.measurement.get("threads", 1)))
@@ -202,8 +202,9 @@ def register(sub) -> None:
     c.add_argument("--lut", required=True)
     _space_args(c)
     c.add_argument("--samples", type=int, default=120)
-    c.add_argument("--features", help="comma-separated calibration features (default: all of "
-                                      "bitnas.latency_luts.lut.CALIBRATION_FEATURES)")
+    c.add_argument("--features", help="comma-separated calibration features (default: the set of "
+                                      "bitnas.latency_luts.lut.CALIBRATION_CANDIDATES with the lowest "
+                                      "leave-one-out error on these subnets)")
     c.add_argument("--seed", type=int, default=1000, help="differs from validate's default so they never overlap")
     c.add_argument("--repeats", type=int, default=100)
     c.add_argument("--rounds", type=int, default=10)

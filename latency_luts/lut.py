@@ -174,6 +174,12 @@ NETWORK_FEATURES.update({name: _per_kind(*name.split("_")[:2], name.endswith("in
 CALIBRATION_FEATURES = ("units_sum_ms", "units", "int8_boundaries", "precision_switches", "int8_layers",
                         "mmacs_int8", "mmacs_fp32", *PER_KIND_FEATURES, "one")
 LEGACY_CALIBRATION_FEATURES = ("units_sum_ms", "units", "int8_boundaries", "one")
+# the feature sets a default calibration chooses among, by leave-one-out error on its own subnets (a set
+# needs 4 more subnets than it has features): few features generalize from tens of subnets, all of them
+# only from many more
+CALIBRATION_CANDIDATES = (("units_sum_ms", "one"), ("units_sum_ms", "precision_switches", "one"),
+                          ("units_sum_ms", "precision_switches", "mmacs_int8", "mmacs_fp32", "one"),
+                          LEGACY_CALIBRATION_FEATURES, CALIBRATION_FEATURES)
 
 
 def network_features(units_sum_ms: float, units: list[list[LayerSpec]],

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from bitnas.errors import LutError, UserError
-from bitnas.latency_luts.lut import CALIBRATION_FEATURES, LatencyTable
+from bitnas.latency_luts.lut import CALIBRATION_CANDIDATES, LatencyTable
 
 
 def measured_target(name: str):
@@ -116,8 +116,9 @@ def _check_samples(samples: int, features: tuple[str, ...]) -> None:
 
 def calibrate(lut: LatencyTable, backend, supernet, samples: int = 24, seed: int = 1000,
               repeats: int = 100, rounds: int = 10, warmup: int = 10,
-              workdir: str | Path | None = None, features=CALIBRATION_FEATURES) -> dict[str, Any]:
-    """Fit the network-level correction (``features``, by least squares) on subnets measured end to end.
+              workdir: str | Path | None = None, features=None) -> dict[str, Any]:
+    """Fit the network-level correction (``features``, or the best of ``CALIBRATION_CANDIDATES`` by
+    leave-one-out error; least squares) on subnets measured end to end.
 
     The subnets (seed ``seed``) are recorded so that ``validate`` never scores the LUT on them.
     """
@@ -126,8 +127,7 @@ def calibrate(lut: LatencyTable, backend, supernet, samples: int = 24, seed: int
     from bitnas.backends.base import Measurement
     from bitnas.supernets.families import input_shape
 
-    features = tuple(features)
-    _check_samples(samples, features)  # before measuring anything
+    _check_samples(samples, tuple(features) if features is not None else min(CALIBRATION_CANDIDATES, key=len))
     base = LatencyTable.from_dict({**lut.to_dict(), "calibration": {}}, lut.source)
     cands = draw_candidates(supernet.space, supernet, base, samples, seed)
     in_shape = input_shape(supernet)
@@ -139,31 +139,41 @@ def calibrate(lut: LatencyTable, backend, supernet, samples: int = 24, seed: int
             "seed": seed, "ids": [c.id for c in cands]}
 
 
-def fit_calibration(lut: LatencyTable, networks, measured_ms, features=CALIBRATION_FEATURES) -> dict[str, Any]:
+def fit_calibration(lut: LatencyTable, networks, measured_ms, features=None) -> dict[str, Any]:
     """Least-squares network-level correction of ``lut`` (uncalibrated) from measured whole networks.
 
     ``networks`` are the layer lists of the measured subnets, ``measured_ms`` their end-to-end latency in
-    the table's statistic. The relative error is estimated from leave-one-out residuals.
+    the table's statistic. With ``features`` None the feature set is the one of ``CALIBRATION_CANDIDATES``
+    (those the sample count supports) with the lowest leave-one-out error; the relative error is estimated
+    from those leave-one-out residuals. The measurements are kept, so the fit can be redone.
     """
     from bitnas.latency_luts.lut import group_units, network_features
 
-    features = tuple(features)
     meas = np.asarray(measured_ms, dtype=float)
-    _check_samples(len(meas), features)
+    if features is not None:
+        sets = [tuple(features)]
+    else:
+        sets = [tuple(s) for s in CALIBRATION_CANDIDATES if len(meas) >= len(s) + 4]
+    _check_samples(len(meas), sets[0] if sets else min(CALIBRATION_CANDIDATES, key=len))
     base = LatencyTable.from_dict({**lut.to_dict(), "calibration": {}}, lut.source)
-    X = []
+    per_net = []
     for layers in networks:
         layers = list(layers)
         p = base.predict(layers)
-        units = group_units(layers) if base.blocks else [[s] for s in layers]
-        X.append(network_features(p["latency_ms"] - base._overhead(), units, features))
-    X = np.array(X)
-    coef, *_ = np.linalg.lstsq(X, meas, rcond=None)
-    hat = X @ np.linalg.pinv(X.T @ X) @ X.T
-    loo = (meas - X @ coef) / np.maximum(1 - np.diag(hat), 1e-6)  # leave-one-out residuals
-    return {"features": list(features), "coef": [float(c) for c in coef], "samples": len(meas),
-            "statistic": lut.statistic, "residual_sd_rel": float(np.sqrt(np.mean((loo / meas) ** 2))),
-            "method": "least squares of measured end-to-end latency on the features; sd from leave-one-out"}
+        per_net.append((p["latency_ms"] - base._overhead(), group_units(layers) if base.blocks else [[s] for s in layers]))
+    tried = []
+    for fs in sets:
+        X = np.array([network_features(t, units, fs) for t, units in per_net])
+        coef, *_ = np.linalg.lstsq(X, meas, rcond=None)
+        hat = X @ np.linalg.pinv(X.T @ X) @ X.T
+        loo = (meas - X @ coef) / np.maximum(1 - np.diag(hat), 1e-6)  # leave-one-out residuals
+        tried.append((float(np.sqrt(np.mean((loo / meas) ** 2))), fs, coef))
+    err, fs, coef = min(tried, key=lambda t: t[0])
+    chosen = "" if features is not None else f"; the feature set with the lowest leave-one-out error of {len(sets)}"
+    return {"features": list(fs), "coef": [float(c) for c in coef], "samples": len(meas),
+            "statistic": lut.statistic, "residual_sd_rel": err, "measured_ms": [float(m) for m in meas],
+            "candidates": [{"features": list(f), "loo_rel": e} for e, f, _ in tried],
+            "method": "least squares of measured end-to-end latency on the features; sd from leave-one-out" + chosen}
 
 
 def plot_scatter(pred: np.ndarray, sd: np.ndarray, meas: np.ndarray, title: str, path: Path) -> None:

@@ -116,3 +116,31 @@ def test_lut_from_another_device_is_refused_unless_forced(lut, tmp_path):
     lut.check_device(other, force=True)
     with pytest.raises(LutError, match="threads"):
         lut.check_device({**here, "threads": here["threads"] + 3})
+
+
+def test_a_default_calibration_picks_the_feature_set_that_generalizes():
+    """Without named features the network-level correction is fitted on each candidate set the number of
+    subnets supports and the one with the lowest leave-one-out error is kept, with the measurements."""
+    from importlib.resources import files
+
+    from bitnas.latency_luts.lut import CALIBRATION_CANDIDATES
+    from bitnas.latency_luts.validate import fit_calibration
+    from bitnas.supernets import build_supernet
+
+    shipped = json.loads((files("bitnas.latency_luts") / "ort-cpu_mbv2-tiny.json").read_text())
+    table = LatencyTable.from_dict({**shipped, "calibration": {}}, "shipped.json")
+    net = build_supernet("mbv2-tiny")
+    rng = np.random.default_rng(0)
+    nets = [net.layers(net.space.sample(rng)) for _ in range(12)]
+    units_sum = np.array([table.predict(layers)["latency_ms"] - table._overhead() for layers in nets])
+    measured = 1.3 * units_sum + 0.004 + rng.normal(0, 1e-4, len(nets))  # a plain scale and offset
+    cal = fit_calibration(table, nets, measured)
+    tried = {tuple(c["features"]): c["loo_rel"] for c in cal["candidates"]}
+    assert set(tried) == {tuple(s) for s in CALIBRATION_CANDIDATES if len(s) + 4 <= 12}  # the rest need more
+    assert tried[tuple(cal["features"])] == min(tried.values()) == cal["residual_sd_rel"] < 0.01
+    assert cal["measured_ms"] == pytest.approx(list(measured))
+    calibrated = LatencyTable.from_dict({**shipped, "calibration": cal}, "cal.json")
+    got = np.array([calibrated.predict(layers)["latency_ms"] for layers in nets])
+    np.testing.assert_allclose(got, measured, rtol=0.02)
+    named = fit_calibration(table, nets, measured, features=("units_sum_ms", "one"))
+    assert named["features"] == ["units_sum_ms", "one"] and len(named["candidates"]) == 1
