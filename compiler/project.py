@@ -236,9 +236,6 @@ class Project:
 
         # typed against the searcher's own keyword arguments, before any work
         self.search_options = validate_options(self.searcher_class, cfg.search.options, source)
-        for key, value in (("train.checkpoint", t.checkpoint), ("train.init", t.init), ("lut.path", cfg.lut.path)):
-            if value and not self.resolve_path(value).is_file():  # found missing now, not after training
-                raise ConfigError(f"{source}: key '{key}': {self.resolve_path(value)} not found")
         self.pipeline = self.build_pipeline()
         self._data = None
         self._supernet = None
@@ -267,10 +264,22 @@ class Project:
     def default(cls, root: str | Path, cfg: ProjectConfig | None = None, source: str = "<default project>") -> Project:
         return cls(cfg or ProjectConfig(), root, source)
 
+    def check_files(self) -> None:
+        """Every file the config names exists: run before the first expensive step (training, profiling), so a
+        missing LUT is not found after the supernet trained. (Loading the project needs none of them: a user
+        may read its data to train the weights ``train.init`` will name.)"""
+        cfg = self.cfg
+        for key, value in (("train.checkpoint", cfg.train.checkpoint), ("train.init", cfg.train.init),
+                           ("lut.path", cfg.lut.path)):
+            if value and not self.resolve_path(value).is_file():
+                raise ConfigError(f"{self.source}: key '{key}': {self.resolve_path(value)} not found")
+
     def writer(self) -> None:
-        """Take the run folder's lock (one writing process per run folder; see ``bitnas.runlock``)."""
+        """Take the run folder's lock (one writing process per run folder; see ``bitnas.runlock``), once the
+        files the config names are known to exist."""
         from bitnas.runlock import hold
 
+        self.check_files()
         hold(self.run.root)
 
     def resolve_path(self, value: str) -> Path:
