@@ -44,6 +44,7 @@ def _cmd_profile(args: argparse.Namespace) -> int:
             raise UserError(f"--target: the project's target is '{project.target.name}'; to profile "
                             f"'{target.name}' for it, pass --out (or change 'target' in {project.source})")
         out = str(project.run.lut)
+        project.writer()  # the run folder's LUT: one writer, as for every command that writes there
     if args.bundle:
         return _profile_bundle(args, target, out)
     from bitnas.latency_luts.build import profile_supernet, target_bits
