@@ -46,6 +46,10 @@ for _obj in (
     OBJECTIVES.register(_obj.name, _obj)
 
 
+# the built-in cheap objectives ``bitnas.scoring.BatchScorer`` computes for a whole batch at once
+BATCHED = {"latency_ms": _latency, "energy_mj": _energy, "size_bytes": _size, "bitops": _bitops}
+
+
 def resolve(names: list[str], where: str) -> list[Objective]:
     """The objectives ``names`` (built-in names or ``module:attr`` references), in order."""
     out = []

@@ -56,6 +56,7 @@ class Problem:
     problem: dict[str, Any]
     accuracy_reference: float = 0.5
     _cheap_names: list[str] = field(default_factory=list)
+    _scorer: Any = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         from bitnas.api import OBJECTIVES
@@ -79,6 +80,29 @@ class Problem:
         """The cheap objectives and constrained quantities of ``c``: no true evaluation needed."""
         layers = self.supernet.layers(c)
         return {n: float(fn(self, layers)) for n, fn in self._cheap_fns.items()}
+
+    def cheap_batch(self, X: np.ndarray) -> dict[str, np.ndarray]:
+        """``cheap`` of many candidates at once, given as ordinal gene rows (n x genes): table lookups per unit
+        (``bitnas.scoring.BatchScorer``), the same values as ``cheap`` gives one at a time."""
+        if self._scorer is None:
+            from bitnas.api import OBJECTIVES
+            from bitnas.objectives import BATCHED
+            from bitnas.scoring import BatchScorer
+
+            own = {}
+            for n in self._cheap_names:
+                fn = OBJECTIVES.get(n).compute
+                if BATCHED.get(n) is not fn:
+                    own[n] = (lambda f: lambda layers: f(self, layers))(fn)
+            self._scorer = BatchScorer(self.space, self.supernet.layers, self.lut, self._cheap_names, own)
+        return self._scorer.score(X)
+
+    @property
+    def cheap_evaluator(self):
+        """What a searcher gets to compute cheap objectives: one candidate at a time, or a batch of rows."""
+        from bitnas.searchers.base import CheapEvaluator
+
+        return CheapEvaluator(self.cheap, self.cheap_batch)
 
     def evaluate(self, c: Candidate) -> dict[str, float]:
         """Accuracy of the candidate with simulated quantization (when an objective), plus its cheap values."""

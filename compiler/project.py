@@ -471,7 +471,8 @@ class Project:
                           reduce_range=problem.reduce_range)
         try:
             return self.searcher_class(problem.space, problem.objectives, seed=self.cfg.seed,
-                                       constraints=problem.constraints or None, cheap=problem.cheap, **kwargs)
+                                       constraints=problem.constraints or None, cheap=problem.cheap_evaluator,
+                                       **kwargs)
         except TypeError as exc:
             raise ConfigError(f"{self.source}: key 'search.options': searcher '{s.searcher}' does not take "
                               f"these options ({exc})") from None

@@ -8,6 +8,7 @@ import json
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any, Literal, Protocol
 
 import numpy as np
@@ -98,7 +99,7 @@ class Candidate:
         except (KeyError, TypeError, AttributeError, ValueError) as exc:
             raise SpaceError(f"malformed candidate record (needs 'arch' and 'policy' maps): {exc}") from exc
 
-    @property
+    @cached_property
     def id(self) -> str:
         payload = json.dumps(
             {"arch": {k: _jsonable(v) for k, v in self.arch}, "policy": {k: list(v) for k, v in self.policy}},
@@ -457,8 +458,31 @@ class SearchSpace:
         else:
             if vec.shape != (self.n_genes,):
                 raise SpaceError(f"ordinal vector of length {vec.shape} for space of {self.n_genes} genes")
-            idx = [int(np.clip(round(v), 0, len(g.options) - 1)) for v, g in zip(vec, self.genes)]
+            idx = [min(max(int(round(v)), 0), len(g.options) - 1) for v, g in zip(vec.tolist(), self.genes)]
         return self._candidate({g.name: g.options[i] for g, i in zip(self.genes, idx)})
+
+    def canonical(self, X: np.ndarray) -> np.ndarray:
+        """Ordinal rows ``X`` (n x genes; floats are rounded and clipped as ``decode`` does) with every inactive
+        gene at its first option: rows of one candidate become equal, as their ``decode`` would."""
+        X = np.asarray(X)
+        if X.ndim != 2 or X.shape[1] != self.n_genes:
+            raise SpaceError(f"ordinal matrix of shape {X.shape} for space of {self.n_genes} genes")
+        X = np.clip(np.rint(X), 0, self.upper_bounds()).astype(np.int64)
+        col = {g.name: i for i, g in enumerate(self.genes)}
+        active = np.ones(X.shape, dtype=bool)
+        for j, g in enumerate(self.genes):
+            for ctrl, threshold in g.conditions:
+                c = col[ctrl]
+                ok = np.array([v >= threshold for v in self.genes[c].options])
+                active[:, j] &= active[:, c] & ok[X[:, c]]
+        return np.where(active, X, 0)
+
+    def onehot_matrix(self, X: np.ndarray) -> np.ndarray:
+        """One-hot rows of canonical ordinal rows ``X``, as ``encode(decode(x), "onehot")`` gives them."""
+        X = np.asarray(X, np.int64)
+        out = np.zeros((len(X), self.onehot_size), dtype=np.float32)
+        out[np.arange(len(X))[:, None], self._offsets[:-1][None, :] + X] = 1.0
+        return out
 
     def upper_bounds(self) -> np.ndarray:
         return np.array([len(g.options) - 1 for g in self.genes], dtype=np.int64)

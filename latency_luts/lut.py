@@ -189,9 +189,29 @@ def network_features(units_sum_ms: float, units: list[list[LayerSpec]],
 
 
 class FusionModel:
-    """Learned ratio of a block's measured latency to its layers' sum, with its cross-validated error."""
+    """Learned ratio of a block's measured latency to its layers' sum, with its cross-validated error.
 
-    def __init__(self, table: LatencyTable):
+    Fitted once, when the table is profiled, and stored in the table as plain arrays (the gradient-boosted
+    trees' splits and leaf values: no pickle), so loading a table never refits it. ``digest`` names the
+    measurements it was fitted on; a stored model whose digest differs from its table's is refitted.
+    """
+
+    def __init__(self, n: int, mean: float, sd: float, digest: str, trees: dict[str, Any] | None = None):
+        self.n, self.mean, self.sd, self.digest = int(n), float(mean), float(sd), digest
+        self.trees = trees  # None: fewer than 10 blocks, the ratio is exp(mean)
+        if trees is not None:
+            shape = tuple(trees["shape"])
+            self._init = float(trees["init"])
+            self._rate = float(trees["learning_rate"])
+            self._feature = _unpack(trees["feature"], "<i4", shape).astype(np.int64)
+            self._threshold = _unpack(trees["threshold"], "<f8", shape)
+            self._left = _unpack(trees["left"], "<i4", shape).astype(np.int64)
+            self._right = _unpack(trees["right"], "<i4", shape).astype(np.int64)
+            self._value = _unpack(trees["value"], "<f8", shape)
+            self._depth = int(trees["depth"])
+
+    @staticmethod
+    def fit(table: LatencyTable) -> FusionModel:
         from sklearn.ensemble import GradientBoostingRegressor
         from sklearn.model_selection import KFold, cross_val_predict
 
@@ -204,24 +224,126 @@ class FusionModel:
                 continue
             X.append(block_features(specs, layer_ms))
             y.append(np.log(measured / sum(layer_ms)))
-        self.n = len(y)
-        if self.n < 10:
-            self.reg = None
-            self.mean = float(np.mean(y)) if y else 0.0
-            self.sd = float(np.std(y)) if len(y) > 1 else 0.1
-            return
+        digest = fusion_digest(table)
+        if len(y) < 10:
+            return FusionModel(len(y), float(np.mean(y)) if y else 0.0, float(np.std(y)) if len(y) > 1 else 0.1,
+                               digest)
         X, y = np.array(X), np.array(y)
-        self.reg = GradientBoostingRegressor(n_estimators=200, max_depth=3, learning_rate=0.05, subsample=0.8,
-                                             random_state=0)
-        cv = cross_val_predict(self.reg, X, y, cv=KFold(5, shuffle=True, random_state=0))
-        self.sd = float(np.sqrt(np.mean((cv - y) ** 2)))
-        self.reg.fit(X, y)
-        self.mean = float(np.mean(y))
+        reg = GradientBoostingRegressor(n_estimators=200, max_depth=3, learning_rate=0.05, subsample=0.8,
+                                        random_state=0)
+        cv = cross_val_predict(reg, X, y, cv=KFold(5, shuffle=True, random_state=0))
+        reg.fit(X, y)
+        return FusionModel(len(y), float(np.mean(y)), float(np.sqrt(np.mean((cv - y) ** 2))), digest,
+                           _trees_of(reg))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"n": self.n, "mean": self.mean, "sd": self.sd, "digest": self.digest, "trees": self.trees}
+
+    @staticmethod
+    def from_dict(data: Any, source: str) -> FusionModel:
+        where = f"{source}: field 'fusion'"
+        if not isinstance(data, dict):
+            raise LutError(f"{where} is not an object")
+        for key in ("n", "mean", "sd"):
+            v = data.get(key)
+            if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v):
+                raise LutError(f"{where}.{key} is {v!r}, not a finite number")
+        if not isinstance(data.get("digest"), str):
+            raise LutError(f"{where}.digest is missing")
+        trees = data.get("trees")
+        if trees is not None:
+            try:
+                shape = tuple(int(v) for v in trees["shape"])
+                if len(shape) != 2 or min(shape) < 1:
+                    raise ValueError("shape")
+                arrays = {k: _unpack(trees[k], dt, shape) for k, dt in (("feature", "<i4"), ("threshold", "<f8"),
+                          ("left", "<i4"), ("right", "<i4"), ("value", "<f8"))}
+                ok = (all(math.isfinite(float(trees[k])) for k in ("init", "learning_rate"))
+                      and int(trees["depth"]) >= 1 and bool(np.isfinite(arrays["value"]).all())
+                      and bool(np.isfinite(arrays["threshold"]).all()))
+                ok = ok and all(((i == -1) | ((i > 0) & (i < shape[1]))).all() for i in (arrays["left"],
+                                                                                         arrays["right"]))
+                ok = ok and bool(((arrays["feature"] >= -2) & (arrays["feature"] < N_BLOCK_FEATURES)).all())
+            except (KeyError, TypeError, ValueError):
+                ok = False
+            if not ok:
+                raise LutError(f"{where}.trees is malformed (expected its shape, base64 feature, threshold, left, "
+                               "right and value arrays of that shape, init, learning_rate and depth)")
+        return FusionModel(data["n"], data["mean"], data["sd"], data["digest"], trees)
+
+    def log_ratios(self, X: np.ndarray) -> np.ndarray:
+        """Log latency ratios of block feature rows ``X`` (n x features)."""
+        X = np.atleast_2d(np.asarray(X, np.float64))
+        if self.trees is None:
+            return np.full(len(X), self.mean)
+        # the trees split on float32 features, as they were fitted
+        Xf = X.astype(np.float32).astype(np.float64)
+        n_trees = self._feature.shape[0]
+        node = np.zeros((len(X), n_trees), np.int64)
+        cols = np.arange(n_trees)
+        for _ in range(self._depth):
+            feat = self._feature[cols, node]
+            leaf = self._left[cols, node] < 0
+            go_left = np.take_along_axis(Xf, np.maximum(feat, 0), axis=1) <= self._threshold[cols, node]
+            nxt = np.where(go_left, self._left[cols, node], self._right[cols, node])
+            node = np.where(leaf, node, nxt)
+        return self._init + self._rate * self._value[cols, node].sum(axis=1)
 
     def ratio(self, specs: list[LayerSpec], layer_ms: list[float]) -> float:
-        if self.reg is None:
-            return float(np.exp(self.mean))
-        return float(np.exp(self.reg.predict(np.array([block_features(specs, layer_ms)]))[0]))
+        return float(np.exp(self.log_ratios(np.array([block_features(specs, layer_ms)]))[0]))
+
+
+N_BLOCK_FEATURES = 18
+
+
+def _trees_of(reg: Any) -> dict[str, Any]:
+    """A fitted squared-error GradientBoostingRegressor as padded node arrays (trees x nodes)."""
+    trees = [est[0].tree_ for est in reg.estimators_]
+    width = max(t.node_count for t in trees)
+
+    def pad(get, fill):
+        return [list(get(t)) + [fill] * (width - t.node_count) for t in trees]
+
+    return {"init": float(np.ravel(reg.init_.constant_)[0]), "learning_rate": float(reg.learning_rate),
+            "depth": int(max(t.max_depth for t in trees)),
+            "shape": [len(trees), width],
+            "feature": _pack(pad(lambda t: t.feature, -2), "<i4"),
+            "threshold": _pack(pad(lambda t: t.threshold, 0.0), "<f8"),
+            "left": _pack(pad(lambda t: t.children_left, -1), "<i4"),
+            "right": _pack(pad(lambda t: t.children_right, -1), "<i4"),
+            "value": _pack(pad(lambda t: t.value.reshape(-1), 0.0), "<f8")}
+
+
+def _pack(rows: list, dtype: str) -> str:
+    """An array as base64 of its little-endian bytes: the trees stay a few kB of JSON, not thousands of lines."""
+    import base64
+
+    return base64.b64encode(np.asarray(rows, dtype).tobytes()).decode("ascii")
+
+
+def _unpack(text: Any, dtype: str, shape: tuple[int, int]) -> np.ndarray:
+    import base64
+    import binascii
+
+    try:
+        raw = base64.b64decode(text, validate=True)
+    except (binascii.Error, TypeError, ValueError):
+        raise ValueError("not base64") from None
+    arr = np.frombuffer(raw, dtype)
+    if arr.size != shape[0] * shape[1]:
+        raise ValueError("wrong size")
+    return arr.reshape(shape)
+
+
+def fusion_digest(table: LatencyTable) -> str:
+    """What a fusion model depends on: every block's and layer's measured statistic and the overhead."""
+    import hashlib
+
+    stat = f"{table.statistic}_ms"
+    parts = [(k, float(b[stat])) for k, b in sorted(table.blocks.items())]
+    parts += [(k, float(e[stat])) for k, e in sorted(table.entries.items())]
+    parts.append(("overhead", table._overhead()))
+    return hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:16]
 
 
 @dataclass
@@ -237,6 +359,8 @@ class LatencyTable:
     notes: list[str] = field(default_factory=list)
     calibration: dict[str, Any] = field(default_factory=dict)
     _fusion: Any = field(default=None, init=False, repr=False, compare=False)
+    _fusion_checked: bool = field(default=False, init=False, repr=False, compare=False)
+    _unit_memo: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
     @property
     def statistic(self) -> str:
@@ -274,10 +398,14 @@ class LatencyTable:
 
     @property
     def fusion(self) -> FusionModel | None:
+        """The table's fusion model: the stored one when it was fitted on these measurements, else fitted now
+        (and stored with the table when it is next saved)."""
         if not self.blocks:
             return None
-        if self._fusion is None:
-            self._fusion = FusionModel(self)
+        if not self._fusion_checked:  # a table's measurements do not change once it is built
+            if self._fusion is None or self._fusion.digest != fusion_digest(self):
+                self._fusion = FusionModel.fit(self)
+            self._fusion_checked = True
         return self._fusion
 
     def predict(self, layers: Iterable[LayerSpec]) -> dict[str, float]:
@@ -316,20 +444,32 @@ class LatencyTable:
         out = []
         for unit in group_units(layers) if self.blocks else [[s] for s in layers]:
             if len(unit) > 1:
-                key = block_key(unit)
-                if key in self.blocks:
-                    out.append({"unit": unit, "latency_ms": self.block_latency(key),
-                                "var": self._sd(self.blocks[key]) ** 2, "how": "measured block"})
-                    continue
-                layer_ms = [self.layer_latency(s) for s in unit]
-                est = sum(layer_ms) * self.fusion.ratio(unit, layer_ms)
-                out.append({"unit": unit, "latency_ms": est, "how": "corrected block",
-                            "var": (est * self.fusion.sd) ** 2 + sum(self._sd(self.entries[s.key]) ** 2 for s in unit)})
+                latency, var, how = self.unit_cost(unit)
+                out.append({"unit": unit, "latency_ms": latency, "var": var, "how": how})
                 continue
             for s in unit:
-                out.append({"unit": [s], "latency_ms": self.layer_latency(s), "var": self._sd(self.entries[s.key]) ** 2,
-                            "how": "layer"})
+                latency, var, how = self.unit_cost([s])
+                out.append({"unit": [s], "latency_ms": latency, "var": var, "how": how})
         return out
+
+    def unit_cost(self, unit: list[LayerSpec]) -> tuple[float, float, str]:
+        """(latency ms, variance ms^2, how it was priced) of one fusion unit, remembered per unit key."""
+        key = block_key(unit) if len(unit) > 1 else unit[0].key
+        hit = self._unit_memo.get(key)
+        if hit is not None:
+            return hit
+        if len(unit) == 1:
+            s = unit[0]
+            hit = (self.layer_latency(s), self._sd(self.entries[s.key]) ** 2, "layer")
+        elif key in self.blocks:
+            hit = (self.block_latency(key), self._sd(self.blocks[key]) ** 2, "measured block")
+        else:
+            layer_ms = [self.layer_latency(s) for s in unit]
+            est = sum(layer_ms) * self.fusion.ratio(unit, layer_ms)
+            hit = (est, (est * self.fusion.sd) ** 2 + sum(self._sd(self.entries[s.key]) ** 2 for s in unit),
+                   "corrected block")
+        self._unit_memo[key] = hit
+        return hit
 
     def check_device(self, fingerprint: dict[str, Any], force: bool = False) -> None:
         """Refuse a table measured on another device (or with other threads) unless ``force``."""
@@ -350,6 +490,7 @@ class LatencyTable:
             "entries": self.entries,
             "blocks": self.blocks,
             "calibration": self.calibration,
+            **({"fusion": self.fusion.to_dict()} if self.blocks else {}),
             "notes": self.notes,
         }
 
@@ -401,11 +542,14 @@ class LatencyTable:
         overhead = data.get("overhead") or {}
         if not isinstance(overhead, dict) or any(not finite_non_negative(v) for v in overhead.values()):
             raise LutError(f"{source}: field 'overhead' must map statistics to finite non-negative numbers")
-        return LatencyTable(
+        table = LatencyTable(
             target=data["target"], fingerprint=data["fingerprint"], measurement=data["measurement"],
             entries=data["entries"], overhead=overhead, space=data.get("space"), source=source,
             blocks=blocks, notes=list(data.get("notes") or []), calibration=_calibration(data, source),
         )
+        if data.get("fusion") is not None:
+            table._fusion = FusionModel.from_dict(data["fusion"], source)
+        return table
 
     @staticmethod
     def load(path: str | Path) -> LatencyTable:

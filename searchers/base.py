@@ -29,6 +29,29 @@ def to_minimization(objectives: Sequence[Objective], values: dict[str, float]) -
 
 
 CheapFn = Callable[[Candidate], dict[str, float]]
+BatchFn = Callable[[np.ndarray], dict[str, np.ndarray]]
+
+
+class CheapEvaluator:
+    """A cheap evaluator that also scores a batch: ``evaluator(candidate)`` gives one candidate's values,
+    ``evaluator.batch(X)`` those of ordinal gene rows ``X`` (n x genes) as arrays. A plain ``CheapFn`` also
+    serves; ``cheap_rows`` then calls it once per row."""
+
+    def __init__(self, one: CheapFn, batch: BatchFn):
+        self.one, self.batch = one, batch
+
+    def __call__(self, candidate: Candidate) -> dict[str, float]:
+        return self.one(candidate)
+
+
+def cheap_rows(cheap: CheapFn, space: SearchSpace, X: np.ndarray) -> dict[str, np.ndarray]:
+    """The cheap values of ordinal rows ``X``: in one batch when ``cheap`` can, else one row at a time."""
+    batch = getattr(cheap, "batch", None)
+    if batch is not None:
+        return batch(X)
+    rows = [cheap(space.decode(x)) for x in X]
+    names = list(rows[0]) if rows else []
+    return {n: np.array([r[n] for r in rows], float) for n in names}
 
 
 class Searcher(ABC):

@@ -72,15 +72,15 @@ class BoSearcher(HistorySearcher):
         F = self.F
         gps = {i: GpPredictor(seed=self.seed).fit(X, F[:, i]) for i in self.model_index}
 
-        def optimistic(cands: Sequence[Candidate]) -> np.ndarray:
-            out = np.zeros((len(cands), len(self.objectives)))
+        def optimistic(rows: np.ndarray) -> np.ndarray:
+            out = np.zeros((len(rows), len(self.objectives)))
             if gps:
-                Xc = onehot(self.space, cands)
+                Xc = self.space.onehot_matrix(rows).astype(np.float64)
                 for i, gp in gps.items():
                     mean, std = gp.predict_std(Xc)
                     out[:, i] = mean - self.kappa * std
             if self.cheap_index:
-                out[:, self.cheap_index] = self.cheap_matrix(cands)
+                out[:, self.cheap_index] = self.cheap_rows_matrix(rows)
             return out
 
         return propose_by_model(self, optimistic, self.inner_pop, self.inner_gens)

@@ -7,7 +7,7 @@ from collections.abc import Callable, Mapping, Sequence
 import numpy as np
 
 from bitnas.errors import ConfigError
-from bitnas.searchers.base import CheapFn, Objective, Searcher
+from bitnas.searchers.base import CheapFn, Objective, Searcher, cheap_rows
 from bitnas.searchers.pareto import hypervolume, non_dominated
 from bitnas.space import Candidate, SearchSpace
 
@@ -16,7 +16,8 @@ INIT_STREAM = 7
 # "random": uniform samples; "cheap-front": spread along the front of the exact cheap objectives
 INIT_DESIGNS = ("random", "cheap-front")
 
-ModelFn = Callable[[Sequence[Candidate]], np.ndarray]
+# a model of the objectives over canonical ordinal gene rows (n x genes) -> minimization values (n x objectives)
+ModelFn = Callable[[np.ndarray], np.ndarray]
 
 
 class HistorySearcher(Searcher):
@@ -83,30 +84,57 @@ class HistorySearcher(Searcher):
         return [i for i in range(len(self.objectives)) if i not in cheap]
 
     def cheap_matrix(self, cands: Sequence[Candidate]) -> np.ndarray:
-        """Minimization values of the cheap objectives (columns ``cheap_index``)."""
+        """Minimization values of the cheap objectives (columns ``cheap_index``), scored in one batch."""
+        todo = [c for c in dict.fromkeys(cands) if c.id not in self._cheap_cache]
+        if todo and self.cheap is not None:
+            values = cheap_rows(self.cheap, self.space, np.array([self.space.encode(c) for c in todo]))
+            for r, c in enumerate(todo):
+                self._cheap_cache[c.id] = {n: float(v[r]) for n, v in values.items()}
+        return self.cheap_rows_matrix(None, [self.cheap_values(c) for c in cands])
+
+    def cheap_rows_matrix(self, X: np.ndarray | None, values: list[dict[str, float]] | None = None) -> np.ndarray:
+        """Minimization values of the cheap objectives of ordinal rows ``X`` (or of given value dicts)."""
         idx = self.cheap_index
-        out = np.zeros((len(cands), len(idx)))
-        for r, c in enumerate(cands):
-            v = self.cheap_values(c)
+        if values is None:
+            got = cheap_rows(self.cheap, self.space, X) if len(X) else {}
+            out = np.zeros((len(X), len(idx)))
+            for j, i in enumerate(idx):
+                o = self.objectives[i]
+                out[:, j] = got[o.name] if o.sense == "min" else -got[o.name]
+            return out
+        out = np.zeros((len(values), len(idx)))
+        for r, v in enumerate(values):
             for j, i in enumerate(idx):
                 o = self.objectives[i]
                 out[r, j] = v[o.name] if o.sense == "min" else -v[o.name]
         return out
 
+    def violations(self, X: np.ndarray) -> np.ndarray:
+        """Relative excess over each constraint (n x constraints) of ordinal rows ``X``; <= 0 is feasible."""
+        limits = list(self.constraints.items())
+        if not limits or not len(X):
+            return np.zeros((len(X), len(limits)))
+        got = cheap_rows(self.cheap, self.space, X)
+        return np.column_stack([(got[k] - lim) / max(abs(lim), 1e-12) for k, lim in limits])
+
     # ----------------------------------------------------------------- sampling
     def sample_feasible(self, n: int, rng: np.random.Generator, exclude: set[str] | None = None,
                         tries: int = 200) -> list[Candidate]:
-        """Up to ``n`` distinct feasible random candidates not in ``exclude``."""
+        """Up to ``n`` distinct feasible random candidates not in ``exclude`` (constraints checked in batches)."""
         exclude = set(exclude or ())
         out: list[Candidate] = []
-        for _ in range(n * tries):
-            if len(out) >= n:
-                break
-            c = self.space.sample(rng)
-            if c.id in exclude or not self.feasible(c):
-                continue
-            exclude.add(c.id)
-            out.append(c)
+        drawn = 0
+        while len(out) < n and drawn < n * tries:
+            chunk = [self.space.sample(rng) for _ in range(min(max(2 * (n - len(out)), 16), n * tries - drawn))]
+            drawn += len(chunk)
+            chunk = [c for c in chunk if c.id not in exclude]
+            if self.constraints and chunk:
+                ok = np.all(self.violations(np.array([self.space.encode(c) for c in chunk])) <= 0, axis=1)
+                chunk = [c for c, good in zip(chunk, ok) if good]
+            for c in chunk:
+                if len(out) < n and c.id not in exclude:
+                    exclude.add(c.id)
+                    out.append(c)
         return out
 
     def initial_population(self) -> list[Candidate]:
@@ -198,11 +226,13 @@ def greedy_hv_select(F_known: np.ndarray, F_pool: np.ndarray, n: int) -> list[in
 
 
 def nsga2_on_model(searcher: HistorySearcher, model: ModelFn, pop_size: int, n_gen: int, seed: int,
-                   start: Sequence[Candidate] = ()) -> tuple[list[Candidate], np.ndarray]:
-    """NSGA-II (pymoo) on a cheap model of the objectives; returns the distinct candidates it visited.
+                   start: Sequence[Candidate] = ()) -> tuple[np.ndarray, np.ndarray]:
+    """NSGA-II (pymoo) on a cheap model of the objectives; returns the distinct feasible canonical gene rows it
+    visited and their model values.
 
-    ``model(cands)`` gives minimization values; constraints of ``searcher`` enter as pymoo inequality
-    constraints. The first population holds ``start`` (e.g. the evaluated front) topped up at random.
+    ``model(X)`` gives minimization values of canonical ordinal rows; constraints of ``searcher`` enter as
+    pymoo inequality constraints, scored in one batch per generation. The first population holds ``start``
+    (e.g. the evaluated front) topped up at random.
     """
     from pymoo.algorithms.moo.nsga2 import NSGA2
     from pymoo.core.problem import Problem
@@ -212,30 +242,27 @@ def nsga2_on_model(searcher: HistorySearcher, model: ModelFn, pop_size: int, n_g
     from pymoo.optimize import minimize
 
     space = searcher.space
-    limits = list(searcher.constraints.items())
-    visited: dict[str, tuple[Candidate, np.ndarray]] = {}
+    n_limits = len(searcher.constraints)
+    visited: dict[bytes, tuple[np.ndarray, np.ndarray]] = {}
 
     class _Model(Problem):
         def __init__(self):
-            super().__init__(n_var=space.n_genes, n_obj=len(searcher.objectives), n_ieq_constr=len(limits),
+            super().__init__(n_var=space.n_genes, n_obj=len(searcher.objectives), n_ieq_constr=n_limits,
                              xl=0, xu=space.upper_bounds().astype(float), vtype=int)
 
         def _evaluate(self, X, out, *args, **kwargs):
-            cands = [space.decode(x) for x in X]
-            F = np.asarray(model(cands), dtype=float)
+            rows = space.canonical(X)
+            F = np.asarray(model(rows), dtype=float)
             out["F"] = F
-            if limits:
-                G = np.zeros((len(cands), len(limits)))
-                for r, c in enumerate(cands):
-                    v = searcher.cheap_values(c)
-                    G[r] = [(v[k] - lim) / max(abs(lim), 1e-12) for k, lim in limits]
+            if n_limits:
+                G = searcher.violations(rows)
                 out["G"] = G
                 ok = np.all(G <= 0, axis=1)
             else:
-                ok = np.ones(len(cands), dtype=bool)
-            for c, f, good in zip(cands, F, ok):
+                ok = np.ones(len(rows), dtype=bool)
+            for x, f, good in zip(rows, F, ok):
                 if good:
-                    visited.setdefault(c.id, (c, f))
+                    visited.setdefault(x.tobytes(), (x, f))
 
     rng = np.random.default_rng([seed, 2])
     init = [space.encode(c) for c in start][:pop_size]
@@ -245,22 +272,24 @@ def nsga2_on_model(searcher: HistorySearcher, model: ModelFn, pop_size: int, n_g
                  crossover=SBX(prob=0.9, eta=15, vtype=float, repair=RoundingRepair()),
                  mutation=PM(eta=20, vtype=float, repair=RoundingRepair()), eliminate_duplicates=True)
     minimize(_Model(), algo, ("n_gen", n_gen), seed=int(seed), verbose=False)
-    cands = [v[0] for v in visited.values()]
-    F = np.array([v[1] for v in visited.values()]).reshape(len(cands), len(searcher.objectives))
-    return cands, F
+    rows = np.array([v[0] for v in visited.values()], np.int64).reshape(len(visited), space.n_genes)
+    F = np.array([v[1] for v in visited.values()]).reshape(len(visited), len(searcher.objectives))
+    return rows, F
 
 
 def propose_by_model(searcher: HistorySearcher, model: ModelFn, inner_pop: int, inner_gens: int) -> list[Candidate]:
     """One model-based round: NSGA-II on ``model`` seeded with the evaluated front, then the fresh predicted
     non-dominated candidates that add the most hypervolume to the evaluated front, topped up by ``fill``."""
+    space = searcher.space
     F = searcher.F
     front = [searcher.X[i] for i in np.flatnonzero(non_dominated(F))]
-    cands, Fp = nsga2_on_model(searcher, model, inner_pop, inner_gens,
-                               seed=searcher.seed * 1000 + searcher.rounds, start=front)
-    fresh = [i for i, c in enumerate(cands) if c.id not in searcher.seen]
-    cands, Fp = [cands[i] for i in fresh], Fp[fresh]
-    if len(cands):
+    rows, Fp = nsga2_on_model(searcher, model, inner_pop, inner_gens,
+                              seed=searcher.seed * 1000 + searcher.rounds, start=front)
+    seen = {space.encode(c).tobytes() for c in searcher.X}
+    fresh = [i for i, x in enumerate(rows) if x.tobytes() not in seen]
+    rows, Fp = rows[fresh], Fp[fresh]
+    if len(rows):
         keep = non_dominated(Fp)
-        cands, Fp = [c for c, k in zip(cands, keep) if k], Fp[keep]
+        rows, Fp = rows[keep], Fp[keep]
     pick = greedy_hv_select(F, Fp, searcher.batch_size)
-    return searcher.fill([cands[i] for i in pick], searcher.batch_size)
+    return searcher.fill([space.decode(rows[i]) for i in pick], searcher.batch_size)

@@ -69,19 +69,33 @@ class EvolutionSearcher(HistorySearcher):
         return primary, cost_i, fitness, cost
 
     def _evolve(self, budget: float, fitness, cost, rng: np.random.Generator) -> list[tuple[float, Candidate]]:
-        """One constrained evolution; returns (predicted fitness, candidate) of every distinct member seen."""
-        def ok(c: Candidate) -> bool:
-            return self.feasible(c) and float(cost([c])[0]) <= budget
+        """One constrained evolution; returns (predicted fitness, candidate) of every distinct member seen.
 
-        pop = [c for c in self.X if ok(c)]
-        have = {c.id for c in pop}
-        for _ in range(self.inner_pop * 20):
+        Proposals are drawn a generation at a time and checked in one batch (the user's constraints and the
+        level's budget on the cost); those over budget are discarded before the predictor scores anything.
+        """
+        def ok(cands: list[Candidate]) -> np.ndarray:
+            if not cands:
+                return np.zeros(0, dtype=bool)
+            X = np.array([self.space.encode(c) for c in cands])
+            good = np.asarray(cost(cands), float) <= budget
+            if self.constraints:
+                good &= np.all(self.violations(X) <= 0, axis=1)
+            return good
+
+        def distinct_ok(cands: list[Candidate], have: set[str], n: int) -> list[Candidate]:
+            cands = [c for c in dict.fromkeys(cands) if c.id not in have]
+            out = [c for c, good in zip(cands, ok(cands)) if good][:n]
+            have.update(c.id for c in out)
+            return out
+
+        have: set[str] = set()
+        pop = distinct_ok(list(self.X), have, len(self.X))
+        for _ in range(20):
             if len(pop) >= self.inner_pop:
                 break
-            c = self.space.sample(rng)
-            if c.id not in have and ok(c):
-                have.add(c.id)
-                pop.append(c)
+            pop += distinct_ok([self.space.sample(rng) for _ in range(self.inner_pop)], have,
+                               self.inner_pop - len(pop))
         if not pop:
             return []
         scored = dict(zip((c.id for c in pop), zip(fitness(pop), pop)))
@@ -89,19 +103,20 @@ class EvolutionSearcher(HistorySearcher):
         n_mut = int(self.mutation_ratio * self.inner_pop)
         for _ in range(self.inner_gens):
             ranked = sorted(pop, key=lambda c: scored[c.id][0])[:n_parents]  # minimization
+            want = self.inner_pop - len(ranked)
             children: list[Candidate] = []
-            for _ in range(self.inner_pop * 10):
-                if len(children) >= self.inner_pop - len(ranked):
+            for _ in range(10):
+                if len(children) >= want:
                     break
-                if len(children) < n_mut:
-                    child = self.space.mutate(ranked[rng.integers(len(ranked))], rng, self.mutate_prob)
-                else:
-                    a, b = rng.choice(len(ranked), 2, replace=len(ranked) < 2)
-                    child = self.space.crossover(ranked[a], ranked[b], rng)
-                if child.id in have or not ok(child):  # over budget: discarded before scoring
-                    continue
-                have.add(child.id)
-                children.append(child)
+                proposals = []
+                for i in range(want):
+                    if i < n_mut:
+                        proposals.append(self.space.mutate(ranked[rng.integers(len(ranked))], rng,
+                                                           self.mutate_prob))
+                    else:
+                        a, b = rng.choice(len(ranked), 2, replace=len(ranked) < 2)
+                        proposals.append(self.space.crossover(ranked[a], ranked[b], rng))
+                children += distinct_ok(proposals, have, want - len(children))  # over budget: discarded
             if children:
                 scored.update(zip((c.id for c in children), zip(fitness(children), children)))
             pop = ranked + children

@@ -44,14 +44,14 @@ class LinasSearcher(HistorySearcher):
         return models
 
     def model_fn(self, models: dict[int, object]):
-        def fn(cands: Sequence[Candidate]) -> np.ndarray:
-            out = np.zeros((len(cands), len(self.objectives)))
+        def fn(rows: np.ndarray) -> np.ndarray:
+            out = np.zeros((len(rows), len(self.objectives)))
             if models:
-                X = onehot(self.space, cands)
+                X = self.space.onehot_matrix(rows).astype(np.float64)
                 for i, m in models.items():
                     out[:, i] = m.predict(X)
             if self.cheap_index:
-                out[:, self.cheap_index] = self.cheap_matrix(cands)
+                out[:, self.cheap_index] = self.cheap_rows_matrix(rows)
             return out
         return fn
 

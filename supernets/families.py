@@ -171,7 +171,8 @@ def fusion_units(supernet: Any, samples: int = 400, seed: int = 0) -> list[tuple
     seen: dict[tuple[str, ...], tuple] = {}
     for _ in range(samples):
         c = space.sample(rng)
-        c = space.make(c.arch_dict, {g.name: FLOAT_BITS for g in space.policy_genes})
+        c = space.make(c.arch_dict, {g.name: FLOAT_BITS if FLOAT_BITS in g.options else g.options[0]
+                                     for g in space.policy_genes})
         for unit in group_units(supernet.layers(c)):
             if len(unit) > 1:
                 unit = tuple(s.with_bits(FLOAT_BITS) for s in unit)
