@@ -68,7 +68,8 @@ def main() -> None:
                 backend = target.make_backend(threads=args.threads)
                 q, f = backend.compile(int8.path), backend.compile(fp32.path)
                 for b in batches:
-                    feed = {INPUT_NAME: np.ascontiguousarray(np.resize(data.x_val, (b, *data.x_val.shape[1:])))}
+                    x = data.head("val", b)[0]
+                    feed = {INPUT_NAME: np.ascontiguousarray(np.resize(x, (b, *x.shape[1:])))}
                     t = interleaved_timing({"int8": lambda q=q, feed=feed: q(feed),
                                             "fp32": lambda f=f, feed=feed: f(feed)},
                                            warmup=10, repeats=args.repeats, rounds=10)

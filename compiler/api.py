@@ -208,7 +208,16 @@ class Family(Protocol):
 
 @runtime_checkable
 class TaskData(Protocol):
-    """A data set: float32 NCHW splits with their preprocessing already applied, and the metric's labels."""
+    """A data set: float32 NCHW splits ``"train"`` and ``"val"`` with their preprocessing already applied,
+    and the metric's labels. Every command reads data through these members only, so a set may be held in
+    memory (``bitnas.supernets.data.Dataset``) or decoded from files as it is read (``ImageFolderDataset``).
+
+    ``batches`` yields torch (x float32 NCHW, y int64) batches, shuffled by ``rng`` when given, else in a
+    fixed order; ``count(split)`` is the split's size; ``head(split, n)`` its first ``n`` images and labels
+    in that fixed order as numpy arrays (``None``: all); ``digest()`` a string that changes when the data do
+    (caches key on it). An optional ``preprocess`` (``bitnas.supernets.data.Preprocess``) says how a raw
+    image becomes the input; the artifact's manifest records it.
+    """
 
     name: str
     num_classes: int
@@ -220,6 +229,12 @@ class TaskData(Protocol):
     def image_size(self) -> int: ...
 
     def batches(self, split: str, batch_size: int, rng: Any = None) -> Iterator[tuple[Any, Any]]: ...
+
+    def count(self, split: str) -> int: ...
+
+    def head(self, split: str, n: int | None = None) -> tuple[Any, Any]: ...
+
+    def digest(self) -> str: ...
 
 
 # ---------------------------------------------------------------------------------------------- registries

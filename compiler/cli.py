@@ -112,7 +112,7 @@ def _raw_images(art, paths: list[str]):
     import numpy as np
 
     from bitnas.onnxio import load_array
-    from bitnas.supernets.data import Preprocess
+    from bitnas.supernets.data import Preprocess, read_image
 
     record = art.manifest.get("preprocess")
     if not record:
@@ -125,16 +125,8 @@ def _raw_images(art, paths: list[str]):
         if path.suffix.lower() == ".npy":  # raw values in the data set's own units
             out.append(pre.apply(load_array(path)))
             continue
-        try:
-            from PIL import Image
-
-            with Image.open(path) as im:
-                img = np.asarray(im.convert("L" if im.mode in ("1", "L", "LA") else "RGB"))
-        except FileNotFoundError:
-            raise UserError(f"{path}: image not found") from None
-        except Exception as exc:  # noqa: BLE001 - any unreadable file is the user's input
-            raise UserError(f"{path}: not a readable image ({exc})") from None
-        out.append(pre.apply(img, raw_scale=255.0))
+        # read as the data set's images were: grayscale for a one-channel record, else RGB
+        out.append(pre.apply(read_image(path, len(pre.mean)), raw_scale=255.0))
     return np.concatenate(out)
 
 
@@ -194,7 +186,8 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--space", default="mbv2-tiny", help="a trainable space (bitnas space list)")
     i.add_argument("--family", help="its family, or a plug-in 'package.module:attr'")
     i.add_argument("--target", default="ort-cpu", help="a target of 'bitnas targets'")
-    i.add_argument("--data", default="digits", help="digits, cifar10, npz, or a plug-in 'package.module:attr'")
+    i.add_argument("--data", default="digits", help="digits, cifar10, npz, image-folder, or a plug-in "
+                                                    "'package.module:attr'")
     i.add_argument("--data-path", help="folder or file of the data set")
     i.add_argument("--image-size", type=int, default=32)
     i.add_argument("--force", action="store_true", help="replace an existing project.yaml")

@@ -21,7 +21,8 @@ def register(sub) -> None:
     p.add_argument("--checkpoint", required=True, help="the checkpoint file (read weights-only)")
     p.add_argument("--out", required=True, help="run folder for the project")
     p.add_argument("--target", default="ort-cpu", help="a target of 'bitnas targets'")
-    p.add_argument("--data", default="digits", help="digits, cifar10, npz, or a plug-in 'package.module:attr'")
+    p.add_argument("--data", default="digits", help="digits, cifar10, npz, image-folder, or a plug-in "
+                                                    "'package.module:attr'")
     p.add_argument("--data-path", help="folder or file of the data set")
     p.add_argument("--image-size", type=int, default=224, help="input side the project runs at (default 224)")
     p.add_argument("--epochs", type=int, default=0,

@@ -18,7 +18,7 @@ from typing import Any, Literal
 
 import numpy as np
 import yaml
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from bitnas import ui
 from bitnas.config import StrictModel, load_config, validate_config
@@ -40,14 +40,34 @@ class FamilySection(StrictModel):
 
 
 class DataSection(StrictModel):
-    name: str = Field("digits", description="data set: digits (embedded), cifar10, npz, or a plug-in "
-                                            "'package.module:attr' returning a bitnas.api.TaskData")
-    path: str | None = Field(None, description="folder (cifar10) or file (npz); unused for digits")
-    val_fraction: float = Field(0.2, gt=0.0, lt=1.0, description="share of the digits set held out for validation")
+    name: str = Field("digits", description="data set: digits (embedded), cifar10, npz, image-folder, or a "
+                                            "plug-in 'package.module:attr' returning a bitnas.api.TaskData")
+    path: str | None = Field(None, description="folder (cifar10, image-folder) or file (npz); unused for digits; "
+                                               "relative to the project file")
+    val_fraction: float = Field(0.2, gt=0.0, lt=1.0, description="share held out for validation: of the digits "
+                                                                 "set, of each class of an image folder "
+                                                                 "without train/ and val/ folders")
     image_size: int = Field(32, ge=8, le=1024, description="side of the square images fed to the network")
     channels: int | None = Field(None, ge=1, le=4, description="channels fed to the network: a grayscale set is "
                                                               "repeated to 3 for an RGB supernet (once-for-all); "
-                                                              "default: the data's own")
+                                                              "an image folder is read as RGB (3) or grayscale "
+                                                              "(1); default: the data's own")
+    mean: list[float] | None = Field(None, min_length=1, description="image-folder: per-channel mean to normalize "
+                                                                     "with, in [0, 1] units (ImageNet's: 0.485, "
+                                                                     "0.456, 0.406); default: estimated from up "
+                                                                     "to 256 train images")
+    std: list[float] | None = Field(None, min_length=1, description="image-folder: per-channel std, with `mean` "
+                                                                    "(ImageNet's: 0.229, 0.224, 0.225)")
+
+    @model_validator(mode="after")
+    def _stats(self) -> DataSection:
+        if (self.mean is None) != (self.std is None):
+            raise ValueError("'mean' and 'std' go together: give both or neither")
+        if self.mean is not None and len(self.mean) != len(self.std):
+            raise ValueError(f"'mean' has {len(self.mean)} values but 'std' {len(self.std)}")
+        if self.std is not None and not all(v > 0 for v in self.std):
+            raise ValueError(f"'std' {self.std}: every value must be > 0")
+        return self
 
 
 class TrainSection(StrictModel):
@@ -314,9 +334,35 @@ class Project:
             d = self.cfg.data
             loader = DATASETS.get(d.name, f"{self.source}: data.name")
             path = str(self.resolve_path(d.path)) if d.path else None
-            data = loader(path=path, image_size=d.image_size, val_fraction=d.val_fraction, seed=self.cfg.seed)
+            data = loader(path=path, image_size=d.image_size, val_fraction=d.val_fraction, seed=self.cfg.seed,
+                          **self._data_options(loader))
+            missing = [m for m in ("name", "num_classes", "in_channels", "image_size", "batches", "count", "head",
+                                   "digest") if not hasattr(data, m)]
+            if missing:
+                raise ConfigError(f"{self.source}: key 'data.name': '{d.name}' gave a {type(data).__name__}, "
+                                  f"which lacks {', '.join(missing)} (bitnas.api.TaskData)")
             self._data = with_channels(data, d.channels, f"{self.source}: data.channels")
         return self._data
+
+    def _data_options(self, loader) -> dict[str, Any]:
+        """``data.channels``, ``mean`` and ``std`` for a loader that takes them (image-folder reads the files
+        with that many channels; other sets are repeated to ``channels`` once loaded)."""
+        import inspect
+
+        d = self.cfg.data
+        params = inspect.signature(loader).parameters
+        takes = any(p.kind is p.VAR_KEYWORD for p in params.values())
+        out = {}
+        for key in ("channels", "mean", "std"):
+            value = getattr(d, key)
+            if value is None:
+                continue
+            if takes or key in params:
+                out[key] = value
+            elif key != "channels":
+                raise ConfigError(f"{self.source}: key 'data.{key}': data set '{d.name}' takes no '{key}' (its "
+                                  "statistics come from its train split)")
+        return out
 
     def build_supernet(self):
         """The project's untrained supernet, shaped for its data."""
@@ -600,7 +646,7 @@ class Project:
     def compile(self, pick: str | None = None, candidate_file: str | Path | None = None,
                 out: str | Path | None = None, use_cache: bool = True) -> list:
         """Compile the picked candidates into verified artifacts ``<out>/<candidate id>/``."""
-        from bitnas.cache import PassCache, array_digest
+        from bitnas.cache import PassCache
         from bitnas.fingerprint import device_fingerprint
         from bitnas.pipeline import PassContext
         from bitnas.space import Candidate
@@ -615,7 +661,7 @@ class Project:
         lut, lut_path = self.lut()
         out_root = Path(out) if out else self.run.artifacts
         cache = PassCache(self.run.cache) if use_cache else None
-        env = {"supernet": self.supernet_fingerprint, "data": array_digest(data.x_train, data.x_val)}
+        env = {"supernet": self.supernet_fingerprint, "data": data.digest()}
         calib = calibration_batches(data, self.cfg.search.calib_batches, 64, self.cfg.seed)
         artifacts = []
         for rec in records:
@@ -662,7 +708,7 @@ class Project:
         self.writer()
         self.write_config()
         data = self.data()
-        ui.console.print(f"data: {data.name}, train {len(data.y_train)}, val {len(data.y_val)}, "
+        ui.console.print(f"data: {data.name}, train {data.count('train')}, val {data.count('val')}, "
                          f"{data.in_channels}x{data.image_size}x{data.image_size}, {data.num_classes} classes")
         net = self.supernet()
         card = net.space.cardinality()

@@ -142,7 +142,7 @@ class ExportOnnx(Pass):
 
     def run(self, model: StaticNet, ctx: PassContext) -> OnnxModel:
         data = ctx.need("data", self.name)
-        in_shape = tuple(data.x_train.shape[1:])
+        in_shape = (data.in_channels, data.image_size, data.image_size)
         out = export_static(model, ctx.workdir / self.config.filename, in_shape, self.config.opset)
         supernet, candidate = ctx.inputs.get("supernet"), ctx.inputs.get("candidate")
         if self.config.check_layers and supernet is not None and candidate is not None:

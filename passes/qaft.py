@@ -17,15 +17,15 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field
 
+from bitnas.api import TaskData
 from bitnas.config import StrictModel
 from bitnas.pipeline import Pass, PassContext
 from bitnas.space import Bits
-from bitnas.supernets.data import Dataset
 from bitnas.supernets.evaluate import calibration_batches
 from bitnas.supernets.static import StaticNet, quantize_net
 
 
-def qaft_finetune(net: StaticNet, policy: Mapping[str, Bits], data: Dataset, epochs: int = 1, lr: float = 1e-3,
+def qaft_finetune(net: StaticNet, policy: Mapping[str, Bits], data: TaskData, epochs: int = 1, lr: float = 1e-3,
                   batch_size: int = 64, calib: list[torch.Tensor] | None = None, reduce_range: bool = False,
                   distill: bool = True, seed: int = 0) -> StaticNet:
     """Fine-tune ``net`` through fake quantization of ``policy``; returns the quantized (simulated) net."""
@@ -38,7 +38,7 @@ def qaft_finetune(net: StaticNet, policy: Mapping[str, Bits], data: Dataset, epo
         teacher = fold_bn(net).eval()
     params = [p for n, p in q.named_parameters()]
     opt = torch.optim.SGD(params, lr=lr, momentum=0.9, nesterov=True)
-    steps = epochs * int(np.ceil(len(data.y_train) / batch_size))
+    steps = epochs * int(np.ceil(data.count("train") / batch_size))
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(steps, 1))
     torch.manual_seed(seed)
     for epoch in range(epochs):

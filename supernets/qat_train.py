@@ -20,10 +20,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from bitnas.api import TaskData
 from bitnas.errors import ConfigError
 from bitnas.io import atomic_torch_save
 from bitnas.space import Candidate, SearchSpace
-from bitnas.supernets.data import Dataset, fast_layout
+from bitnas.supernets.data import fast_layout
 from bitnas.supernets.evaluate import accuracy, calibration_batches
 from bitnas.supernets.qat import calibrate
 from bitnas.supernets.train import resume_state
@@ -83,14 +84,14 @@ def _fingerprint(settings: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def evaluate_subnet(net, candidate: Candidate, data: Dataset, calib: list[torch.Tensor]) -> float:
+def evaluate_subnet(net, candidate: Candidate, data: TaskData, calib: list[torch.Tensor]) -> float:
     """Extract, recalibrate BatchNorm, calibrate BatchQuant, and measure validation accuracy."""
     return accuracy(calibrate(net.extract(candidate), calib), data)
 
 
 def train_qat_supernet(
     net,
-    data: Dataset,
+    data: TaskData,
     schedule: Sequence[tuple[int, Sequence[int]]],
     batch_size: int = 64,
     lr: float = 0.05,
@@ -115,7 +116,7 @@ def train_qat_supernet(
     settings = {"space": space.name, "family": getattr(net, "family", "?"),
                 "schedule": [[int(e), [int(b) for b in bits]] for e, bits in schedule],
                 "batch_size": batch_size, "lr": lr, "optimizer": optimizer, "n_random": n_random, "seed": seed,
-                "n_train": len(data.y_train), "image_size": data.image_size, "eval_bits": eval_bits,
+                "n_train": data.count("train"), "image_size": data.image_size, "eval_bits": eval_bits,
                 **({"init": init} if init else {})}
     fp = _fingerprint(settings)
     torch.manual_seed(seed)
@@ -125,7 +126,7 @@ def train_qat_supernet(
         opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=0.01)
     else:
         raise ConfigError(f"optimizer '{optimizer}' is not one of: sgd, adamw")
-    steps = math.ceil(len(data.y_train) / batch_size)
+    steps = math.ceil(data.count("train") / batch_size)
     phase_of = [p for p, (e, _) in enumerate(schedule) for _ in range(e)]
     start_epoch, start_step, history, partial = 0, 0, [], []
     ckpt = Path(checkpoint) if checkpoint else None

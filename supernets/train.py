@@ -13,9 +13,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from bitnas.api import TaskData
 from bitnas.errors import UserError
 from bitnas.io import atomic_torch_save
-from bitnas.supernets.data import Dataset, fast_layout
+from bitnas.supernets.data import fast_layout
 from bitnas.supernets.evaluate import accuracy, calibration_batches, prepare_subnet
 from bitnas.supernets.mbv2 import MBV2Supernet
 
@@ -61,7 +62,7 @@ def keep_aside(ckpt: Path, fingerprint: str) -> Path:
 
 def train_supernet(
     net: MBV2Supernet,
-    data: Dataset,
+    data: TaskData,
     epochs: int,
     batch_size: int = 64,
     lr: float = 0.05,
@@ -81,13 +82,13 @@ def train_supernet(
     on the largest one's soft predictions (in-place distillation) when ``distill`` is set.
     """
     settings = {"space": net.space.name, "epochs": epochs, "batch_size": batch_size, "lr": lr,
-                "n_random": n_random, "distill": distill, "seed": seed, "n_train": len(data.y_train),
+                "n_random": n_random, "distill": distill, "seed": seed, "n_train": data.count("train"),
                 "in_channels": data.in_channels, "image_size": data.image_size,
                 **({"init": init} if init else {})}
     fp = _fingerprint(settings)
     torch.manual_seed(seed)
     opt = torch.optim.SGD(net.parameters(), lr=lr, momentum=0.9, nesterov=True, weight_decay=4e-5)
-    steps_per_epoch = math.ceil(len(data.y_train) / batch_size)
+    steps_per_epoch = math.ceil(data.count("train") / batch_size)
     total = epochs * steps_per_epoch
     start_epoch, history = 0, []
     ckpt = Path(checkpoint) if checkpoint else None
