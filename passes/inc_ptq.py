@@ -76,7 +76,8 @@ def _cleanup(tmp: Path) -> None:
 
 
 def _optimize_for_inc(src: Path, dst: Path) -> None:
-    """ONNX Runtime's basic graph optimization, the step INC's ``quantize`` runs first, with every node named.
+    """ONNX Runtime's basic graph optimization, the step INC's ``quantize`` runs first, with every node named
+    and HardSwish whole again (``fuse_hardswish``).
 
     ONNX Runtime inlines function ops (HardSwish into HardSigmoid and Mul) as nodes without names, and INC's
     topological sort keys nodes by name: it would drop all but one of them.
@@ -90,8 +91,9 @@ def _optimize_for_inc(src: Path, dst: Path) -> None:
     so.add_session_config_entry("session.optimized_model_external_initializers_min_size_in_bytes", "1024")
     ort.InferenceSession(str(src), so, providers=["CPUExecutionProvider"])
     model = onnx.load(str(dst), load_external_data=False)
+    fused = fuse_hardswish(model)
     taken = {n.name for n in model.graph.node if n.name}
-    if len(taken) == len(model.graph.node):
+    if len(taken) == len(model.graph.node) and not fused:
         return
     k = 0
     for node in model.graph.node:
@@ -101,6 +103,47 @@ def _optimize_for_inc(src: Path, dst: Path) -> None:
                 node.name = f"{node.op_type}_{k}"
                 taken.add(node.name)
     onnx.save(model, str(dst))
+
+
+def fuse_hardswish(model: onnx.ModelProto) -> int:
+    """Rewrite ``Mul(x, HardSigmoid(x; alpha=1/6, beta=1/2))`` into ``HardSwish(x)`` in place; return how many.
+
+    ONNX Runtime's basic optimization inlines HardSwish into those two nodes. Left so, the quantized graph
+    runs them as two float ops between the integer convolutions, which OpenVINO cannot fuse into the
+    convolution before it (it runs them in f32 with layout reorders around them); one HardSwish it fuses.
+    ONNX Runtime inlines HardSwish again when it loads the model, so the graph it runs is unchanged.
+    """
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+    if opset < 14:  # HardSwish is an opset-14 op
+        return 0
+    graph = model.graph
+    readers: dict[str, list[onnx.NodeProto]] = {}
+    for node in graph.node:
+        for name in node.input:
+            readers.setdefault(name, []).append(node)
+    outputs = {o.name for o in graph.output}
+    kept, dropped, fused = [], set(), 0
+    for node in graph.node:
+        if id(node) in dropped:
+            continue
+        if node.op_type == "HardSigmoid" and node.output[0] not in outputs:
+            attrs = {a.name: a.f for a in node.attribute}
+            users = readers.get(node.output[0], [])
+            if (abs(attrs.get("alpha", 0.2) - 1 / 6) < 1e-6 and abs(attrs.get("beta", 0.5) - 0.5) < 1e-6
+                    and len(users) == 1 and users[0].op_type == "Mul"
+                    and sorted(users[0].input) == sorted([node.input[0], node.output[0]])):
+                mul = users[0]
+                dropped.add(id(mul))
+                # in the HardSigmoid's place: after x, before every reader of the Mul's output
+                kept.append(onnx.helper.make_node("HardSwish", [node.input[0]], [mul.output[0]],
+                                                  name=mul.name or node.name))
+                fused += 1
+                continue
+        kept.append(node)
+    if fused:
+        del graph.node[:]
+        graph.node.extend(kept)
+    return fused
 
 
 def inc_quantize_qdq(src: Path, dst: Path, nodes: Iterable[str], calib: Sequence[np.ndarray],
