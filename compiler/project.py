@@ -503,7 +503,8 @@ class Project:
         calib = calibration_batches(data, s.calib_batches, 64, self.cfg.seed)
         rr = self.reduce_range()
         ident = problem_id({"supernet": self.supernet_fingerprint, "lut_sha256": sha256_file(lut_path),
-                            "data": data.name, "calib_batches": s.calib_batches, "reduce_range": rr,
+                            "data": data.name, "data_digest": data.digest(),  # two folders of one name differ
+                            "calib_batches": s.calib_batches, "reduce_range": rr,
                             "objectives": [o.name for o in self.objectives],
                             "space": supernet.space.name, "target": self.target.name})
         return Problem(supernet, data, lut, lut_path, calib, rr, self.objectives, dict(s.constraints), ident,

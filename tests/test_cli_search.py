@@ -4,6 +4,7 @@ and resume."""
 import json
 import sqlite3
 
+import numpy as np
 import pytest
 import yaml
 
@@ -118,6 +119,13 @@ def test_constraints_hold_on_the_project_problem(tmp_path, capsys, demo_run):
     conf = {"searcher": "nsga2", "budget": 5, "pop_size": 4, "calib_batches": 1}
     problem = Project.load(_project(tmp_path / "c", demo, **conf)).problem()
     space = problem.supernet.space
+    # the study is bound to the data's content, not only its name (two image folders may share a name)
+    assert problem.problem["data_digest"] == problem.data.digest()
+    rows = np.array([space.encode(space.sample(np.random.default_rng(i))) for i in range(50)])
+    batch = problem.cheap_batch(rows)
+    for r, x in enumerate(rows):  # the batch path the searchers use gives what one candidate at a time gives
+        one = problem.cheap(space.decode(x))
+        assert all(abs(batch[k][r] - v) <= 1e-9 * abs(v) for k, v in one.items())
     limit = (problem.cheap(space.smallest())["latency_ms"] + problem.cheap(space.largest())["latency_ms"]) / 2
     path = _project(tmp_path / "c", demo, **conf, constraints={"latency_ms": limit})
     code, stdout, err = _run(capsys, "search", "--project", str(path), "--json")
