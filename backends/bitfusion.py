@@ -1,14 +1,35 @@
-"""BitFusion (Sharma et al., ISCA 2018): an analytic latency/energy model of the bit-flexible accelerator.
+"""BitFusion (Sharma et al., ISCA 2018): the released simulator's tiling, traffic and energy model.
 
-The array has ``rows`` x ``cols`` fusion units; each is 16 two-bit BitBricks, so it performs one 8x8-bit
-MAC per cycle, or floor(8/a) * floor(8/w) MACs per cycle at lower precision (operands wider than 8 bits
-take ceil(bits/8) passes each). Weights stay in the array (columns = output channels, rows = the
-reduction over input channels x kernel window); grouped convolutions map one group at a time.
+The array has ``rows`` x ``cols`` fusion units of 2-bit BitBricks: rows reduce over input channels,
+columns hold output channels, and at ``a`` x ``w`` bits each unit does
+pf = floor(8/max(a,2)) * floor(8/max(w,2)) MACs per cycle. A conv (kernel K, square output O, stride S,
+IC -> OC channels, batch B) is cut into tiles b, ow = oh, ic (powers of two) and oc (powers of two, at
+least ``cols``); every tile must fit half of its buffer. For each tiling and each of the 120 orders of
+the five tile loops, the promotion rule of the released simulator gives the DRAM fills (weights padded
+to multiples of rows*pf along K*K*ic, input tiles with their halo, 32-bit partial-sum tiles read in and
+written back), the tile that is loaded before compute starts and the one drained after it ends:
+stall = max(0, ceil(middle DRAM bits / width) - compute) + ceil(first fill / width) + ceil(last drain /
+width). The search keeps the fewest cycles, then the least energy. Energy = compute cycles x core pJ
+per cycle (the same at every precision; stalls cost none) + per-bit reads and writes of each buffer
+(weights read at w bits and inputs at a bits once per MAC, the output tile read and written at 32 bits
+once per tile and once per DRAM transfer) + 15 pJ per DRAM bit. With the ``edge`` preset this
+reproduces the released simulator's rows (bf_e_conf.ini); see benchmarks/bitfusion_fidelity.py.
 
-Memory: each layer is tiled over output channels (K), reduction channels (C) and output rows (P) so
-every tile fits its buffer (half of it when double-buffered); among tile sizes and the six loop orders
-the one moving the fewest DRAM bytes wins. DRAM transfers overlap compute; what exceeds compute is
-counted as memory-stall cycles. Energy = MACs (scaled by BitBricks used) + buffer bits + DRAM bits.
+bitnas's decisions where the released simulator has none:
+- Grouped and depthwise convs: the simulator ignores groups (it would model a depthwise conv as a
+  dense one, cin times too much work). bitnas maps one group at a time, an outermost loop over groups
+  that every tensor depends on: each group is a small dense conv, which is what the array runs without
+  packing groups block-diagonally (zero weights in the off-group units, not modelled by the simulator).
+  A depthwise conv thus uses one column and reduces one channel per kernel tap, and (the simulator's
+  tile convention) moves partial-sum tiles ``cols`` wide: slow and memory-bound, an upper bound.
+- im2col: the simulator flattens the K*K*IC window onto the rows only for a network's first layer. A
+  LayerSpec carries no position, so convs with ``cin <= im2col_max_cin`` (a network's RGB or gray input)
+  use im2col; ``simulate(spec, im2col=...)`` overrides the rule.
+- ``linear`` is an FC layer (K = O = 1; its global average pool costs nothing, as pooling does in the
+  simulator); ``dense`` is an FC layer over ``hw`` tokens, counted as batch. Activations and residual
+  adds cost nothing (the simulator only simulates convs and matmuls). Other ops are refused by name.
+- Operands wider than ``max_bits`` take ceil(bits/max_bits) passes each (the simulator stops at 8 bits);
+  operands narrower than a BitBrick run at BitBrick speed but move their own width.
 """
 
 from __future__ import annotations
@@ -19,6 +40,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import yaml
 from pydantic import Field
 
@@ -29,29 +51,44 @@ from bitnas.errors import ConfigError, UnsupportedBackendError
 from bitnas.space import LayerSpec
 
 CONFIG_FILE = Path(__file__).with_name("bitfusion.yaml")
+MODEL_VERSION = 2  # in the fingerprint: tables simulated by an older model are refused
+BUFFERS = ("wbuf", "ibuf", "obuf")
+LOOPS = ("B", "OW", "OH", "IC", "OC")
+# which tensor's tile grows with each tile loop: weights (wbuf), inputs (ibuf), partial sums (obuf)
+_DEPENDS = np.array([[False, False, False, True, True],
+                     [True, True, True, True, False],
+                     [True, True, True, False, True]])
+# OW and OH always have equal trip counts and dependences: orders that only swap them are the same order
+_ORDERS = np.array([p for p in itertools.permutations(range(5)) if p.index(1) < p.index(2)], dtype=np.int64)
 
 
 class EnergyConfig(StrictModel):
-    mac_8x8: float = Field(gt=0, description="pJ per 8x8-bit MAC (all 16 BitBricks)")
-    wbuf_per_bit: float = Field(ge=0, description="pJ per weight-buffer bit read or written")
-    ibuf_per_bit: float = Field(ge=0, description="pJ per input-buffer bit read or written")
-    obuf_per_bit: float = Field(ge=0, description="pJ per output-buffer bit read or written")
-    dram_per_bit: float = Field(ge=0, description="pJ per DRAM bit transferred")
+    core_per_cycle: float = Field(gt=0, description="pJ per compute cycle of the whole array, at any precision")
+    wbuf_read_per_bit: float = Field(ge=0, description="pJ per weight-buffer bit read")
+    wbuf_write_per_bit: float = Field(ge=0, description="pJ per weight-buffer bit written")
+    ibuf_read_per_bit: float = Field(ge=0, description="pJ per input-buffer bit read")
+    ibuf_write_per_bit: float = Field(ge=0, description="pJ per input-buffer bit written")
+    obuf_read_per_bit: float = Field(ge=0, description="pJ per output-buffer bit read")
+    obuf_write_per_bit: float = Field(ge=0, description="pJ per output-buffer bit written")
+    dram_per_bit: float = Field(ge=0, description="pJ per DRAM bit read or written")
 
 
 class BitFusionConfig(StrictModel):
-    rows: int = Field(ge=1, description="fusion units along the reduction dimension")
+    source: str = Field(min_length=1, description="where the figures come from")
+    published: bool = Field(description="true only for a configuration taken from the released simulator")
+    rows: int = Field(ge=1, description="fusion units along the reduction (input-channel) dimension")
     cols: int = Field(ge=1, description="fusion units along the output-channel dimension")
-    brick_bits: int = Field(2, ge=1, description="operand width of one BitBrick")
+    brick_bits: int = Field(2, ge=1, description="operand width of one BitBrick (narrowest precision)")
     max_bits: int = Field(8, ge=2, description="operand width one fusion unit handles in one pass")
     frequency_mhz: float = Field(gt=0, description="clock")
     wbuf_kb: float = Field(gt=0, description="weight buffer (KiB)")
     ibuf_kb: float = Field(gt=0, description="input buffer (KiB)")
     obuf_kb: float = Field(gt=0, description="output buffer (KiB)")
-    dram_bits_per_cycle: int = Field(ge=8, description="DRAM interface width (bits per cycle)")
-    psum_bits: int = Field(32, ge=8, description="partial-sum width")
-    double_buffered: bool = Field(True, description="tiles use half of each buffer; transfers overlap compute")
-    batch: int = Field(1, ge=1, description="images per inference")
+    dram_bits_per_cycle: int = Field(ge=1, description="DRAM interface width (bits per cycle)")
+    psum_bits: int = Field(32, ge=8, description="partial-sum width in the output buffer and DRAM")
+    double_buffered: bool = Field(True, description="tiles use half of each buffer; DRAM transfers overlap compute")
+    batch: int = Field(1, ge=1, description="images per inference (costs are for the whole batch)")
+    im2col_max_cin: int = Field(4, ge=0, description="convs with at most this many input channels use im2col")
     energy_pj: EnergyConfig
 
 
@@ -84,8 +121,24 @@ def load_config(preset: str | None = None, path: str | Path = CONFIG_FILE) -> Bi
 
 
 @dataclass(frozen=True)
+class ConvCall:
+    """One layer as the simulator sees it: square output, one group's channels, ``groups`` times."""
+
+    K: int
+    O: int  # noqa: E741  (the simulator's name: output width = height)
+    S: int
+    IC: int
+    OC: int
+    a_bits: int
+    w_bits: int
+    batch: int
+    im2col: bool = False
+    groups: int = 1
+
+
+@dataclass(frozen=True)
 class LayerCost:
-    """Simulated cost of one layer."""
+    """Simulated cost of one layer (the whole batch)."""
 
     cycles: int
     compute_cycles: int
@@ -95,9 +148,16 @@ class LayerCost:
     energy_core_mj: float
     energy_buffer_mj: float
     energy_dram_mj: float
+    energy_buffers_mj: dict[str, float]
+    dram_read_bits: int
+    dram_write_bits: int
     dram_bytes: float
+    sram_read_bits: dict[str, int]
+    sram_write_bits: dict[str, int]
     macs: int
     macs_per_cycle_per_unit: float
+    batch: int
+    im2col: bool
     loop_order: str
     tile: dict[str, int]
 
@@ -105,20 +165,14 @@ class LayerCost:
         return asdict(self)
 
 
-def _operand_rate(bits: int, max_bits: int, brick_bits: int) -> float:
-    """MACs per cycle one fusion unit gains along one operand: floor(max/bits), or 1/passes above max."""
-    if bits <= max_bits:
-        return float(max_bits // max(bits, brick_bits))
-    return 1.0 / math.ceil(bits / max_bits)
+def _cdiv(a: Any, b: Any) -> Any:
+    return -(-a // b)
 
 
-def _tile_options(n: int) -> list[int]:
-    opts = {n}
-    d = 1
-    while d <= n:
-        opts.add(math.ceil(n / d))
-        d *= 2
-    return sorted(opts)
+def _tile_sizes(n: int, least: int = 1) -> np.ndarray:
+    """min(max(2^k, least), n) for 2^k up to the first power of two >= n."""
+    top = max(1, math.ceil(math.log2(n))) if n > 1 else 0
+    return np.array(sorted({min(max(1 << k, least), n) for k in range(top + 1)}), dtype=np.int64)
 
 
 class BitFusionModel:
@@ -126,127 +180,183 @@ class BitFusionModel:
 
     def __init__(self, config: BitFusionConfig):
         self.cfg = config
+        share = 0.5 if config.double_buffered else 1.0
+        self._cap = np.array([config.wbuf_kb, config.ibuf_kb, config.obuf_kb]) * 1024 * 8 * share
+        self._cache: dict[ConvCall, LayerCost] = {}
+
+    def _rate(self, bits: int) -> int:
+        c = self.cfg
+        return c.max_bits // max(min(bits, c.max_bits), c.brick_bits)
+
+    def _passes(self, bits: int) -> int:
+        return math.ceil(bits / self.cfg.max_bits)
+
+    def perf_factor(self, w_bits: int, a_bits: int) -> int:
+        """MACs one fusion unit does per pass: floor(8/max(a,2)) * floor(8/max(w,2)) (operands clamped to 8)."""
+        return self._rate(w_bits) * self._rate(a_bits)
 
     def speedup(self, w_bits: int, a_bits: int) -> float:
-        """MACs per cycle of one fusion unit relative to 8x8 bits."""
-        c = self.cfg
-        return _operand_rate(a_bits, c.max_bits, c.brick_bits) * _operand_rate(w_bits, c.max_bits, c.brick_bits)
+        """MACs per cycle of one fusion unit relative to 8x8 bits (below 1 for operands wider than 8 bits)."""
+        return self.perf_factor(w_bits, a_bits) / (self._passes(w_bits) * self._passes(a_bits))
 
     def _check(self, spec: LayerSpec) -> None:
+        where = f"layer '{spec.name or spec.key}'"
         if spec.w_bits >= 32 or spec.a_bits >= 32:
             raise UnsupportedBackendError(
-                f"layer '{spec.name or spec.key}': BitFusion has no float datapath (W{spec.w_bits}A{spec.a_bits}); "
-                f"profile integer bitwidths (2..16)")
+                f"{where}: BitFusion has no float datapath (W{spec.w_bits}A{spec.a_bits}); "
+                f"profile integer bitwidths (1..16)")
         if min(spec.w_bits, spec.a_bits) < 1:
-            raise UnsupportedBackendError(f"layer '{spec.name or spec.key}': bitwidths must be positive")
+            raise UnsupportedBackendError(f"{where}: bitwidths must be positive")
+        if spec.op not in ("conv", "linear", "dense"):
+            raise UnsupportedBackendError(
+                f"{where}: BitFusion runs convolutions and fully connected layers, not op '{spec.op}'")
+        if spec.op == "conv" and (spec.cin % spec.groups or spec.cout % spec.groups):
+            raise UnsupportedBackendError(f"{where}: {spec.groups} groups do not divide {spec.cin}->{spec.cout}")
 
-    def _dims(self, spec: LayerSpec) -> dict[str, int]:
-        """Per-group GEMM view: K outputs, C reduction channels, R*S window, P output pixels, input rows."""
+    def uses_im2col(self, spec: LayerSpec) -> bool:
+        """Whether ``spec`` is simulated with im2col (a network's first layer: few input channels)."""
+        return spec.op == "conv" and spec.groups == 1 and spec.cin <= self.cfg.im2col_max_cin
+
+    def call(self, spec: LayerSpec, *, batch: int | None = None, im2col: bool | None = None) -> ConvCall:
+        """The simulator call for ``spec``: one group's conv (FC layers as K = O = 1)."""
+        self._check(spec)
+        b = batch or self.cfg.batch
         if spec.op == "linear":
-            return {"g": 1, "K": spec.cout, "C": spec.cin, "RS": 1, "R": 1, "P_rows": 1, "OW": 1,
-                    "IW": 1, "stride": 1, "IH": 1}
+            return ConvCall(1, 1, 1, spec.cin, spec.cout, spec.a_bits, spec.w_bits, b)
+        if spec.op == "dense":
+            return ConvCall(1, 1, 1, spec.cin, spec.cout, spec.a_bits, spec.w_bits, b * spec.hw)
+        use = self.uses_im2col(spec) if im2col is None else im2col
         g = spec.groups
-        return {"g": g, "K": spec.cout // g, "C": spec.cin // g, "RS": spec.kernel * spec.kernel, "R": spec.kernel,
-                "P_rows": spec.out_hw, "OW": spec.out_hw, "IW": spec.hw, "stride": spec.stride, "IH": spec.hw}
+        return ConvCall(spec.kernel, spec.out_hw, spec.stride, spec.cin // g, spec.cout // g, spec.a_bits,
+                        spec.w_bits, b, bool(use), g)
+
+    def _stats(self, c: ConvCall, tiles: np.ndarray, orders: np.ndarray) -> dict[str, np.ndarray]:
+        """Cycles, traffic and energy of tilings ``tiles`` (T x [b, o, ic, oc]) in loop ``orders`` (P x 5).
+
+        Arrays are T x P. Loop indices in an order are positions in LOOPS, outermost first.
+        """
+        cfg, e = self.cfg, self.cfg.energy_pj
+        n_lanes = cfg.rows * self.perf_factor(c.w_bits, c.a_bits)
+        passes = self._passes(c.w_bits) * self._passes(c.a_bits)
+        b, o, ic, oc = (tiles[:, i] for i in range(4))
+        kk = c.K * c.K
+        trips = np.stack([_cdiv(c.batch, b), _cdiv(c.O, o), _cdiv(c.O, o), _cdiv(c.IC, ic), _cdiv(c.OC, oc)], axis=1)
+        w_tile = _cdiv(kk * ic, n_lanes) * n_lanes * oc * c.w_bits
+        if c.im2col:
+            a_tile = o * o * kk * ic * b * c.a_bits
+        else:
+            a_tile = (c.K + (o - 1) * c.S) ** 2 * ic * b * c.a_bits
+        o_tile = o * o * _cdiv(oc, cfg.cols) * cfg.cols * b * cfg.psum_bits
+        shape = (3, len(tiles), len(orders))
+        size = np.broadcast_to(np.stack([w_tile, a_tile, o_tile])[:, :, None], shape).copy()
+        first = size.copy()
+        grows = np.ones(shape, dtype=bool)
+        cap = self._cap[:, None, None]
+        # innermost loop first: a tensor's transfer grows with each enclosing loop; while it still fits its
+        # buffer, loops it does not depend on reuse it, and the size that fits is what is loaded up front
+        steps = [(trips[:, orders[:, j]], _DEPENDS[:, orders[:, j]]) for j in reversed(range(5))]
+        if c.groups > 1:
+            steps.append((np.full((len(tiles), len(orders)), c.groups, dtype=np.int64), np.ones((3, len(orders)), bool)))
+        for n, dep in steps:
+            dep = dep[:, None, :]
+            size *= np.where(grows & ~dep, 1, n[None])
+            fits = size <= cap
+            first = np.where(grows & dep & fits, size, first)
+            grows &= ~dep | fits
+        n_tiles = trips.prod(axis=1) * c.groups
+        if c.im2col:
+            per_tile = b * o * o * _cdiv(oc, cfg.cols) * _cdiv(kk * ic, n_lanes)
+        else:
+            per_tile = b * _cdiv(oc, cfg.cols) * o * o * kk * _cdiv(ic, n_lanes)
+        compute = (n_tiles * per_tile * passes)[:, None]
+        dram_read = size.sum(axis=0)
+        dram_write = size[2]
+        width = cfg.dram_bits_per_cycle
+        if cfg.double_buffered:
+            loaded, drained = first.sum(axis=0), first[2]
+            middle = dram_read + dram_write - loaded - drained
+            stall = np.maximum(0, _cdiv(middle, width) - compute) + _cdiv(loaded, width) + _cdiv(drained, width)
+        else:
+            stall = _cdiv(dram_read + dram_write, width)
+        macs = n_tiles * b * o * o * oc * ic * kk
+        psums = (n_tiles * b * o * o * oc * cfg.psum_bits)[:, None]
+        reads = {"wbuf": (macs * c.w_bits)[:, None], "ibuf": (macs * c.a_bits)[:, None], "obuf": psums + dram_write}
+        writes = {"wbuf": size[0], "ibuf": size[1], "obuf": psums + size[2]}
+        buf = {k: reads[k] * getattr(e, f"{k}_read_per_bit") + writes[k] * getattr(e, f"{k}_write_per_bit")
+               for k in BUFFERS}
+        core = compute * e.core_per_cycle
+        dram = (dram_read + dram_write) * e.dram_per_bit
+        return {"cycles": compute + stall, "compute": compute, "stall": stall, "dram_read": dram_read,
+                "dram_write": dram_write, "reads": reads, "writes": writes, "buf": buf, "core": core, "dram": dram,
+                "energy": core + buf["wbuf"] + buf["ibuf"] + buf["obuf"] + dram, "trips": trips}
+
+    def tilings(self, c: ConvCall) -> np.ndarray:
+        """Every tiling [b, o, ic, oc] whose tiles fit the buffers."""
+        cfg = self.cfg
+        grid = np.stack(np.meshgrid(_tile_sizes(c.batch), _tile_sizes(c.O), _tile_sizes(c.IC),
+                                    _tile_sizes(c.OC, cfg.cols), indexing="ij"), axis=-1).reshape(-1, 4)
+        b, o, ic, oc = grid.T
+        n_lanes = cfg.rows * self.perf_factor(c.w_bits, c.a_bits)
+        a_tile = o * o * c.K * c.K * ic * b if c.im2col else (c.K + (o - 1) * c.S) ** 2 * ic * b
+        ok = ((_cdiv(c.K * c.K * ic, n_lanes) * n_lanes * oc * c.w_bits <= self._cap[0])
+              & (a_tile * c.a_bits <= self._cap[1])
+              & (o * o * _cdiv(oc, cfg.cols) * cfg.cols * b * cfg.psum_bits <= self._cap[2]))
+        return grid[ok]
+
+    def _cost(self, c: ConvCall, s: dict[str, Any], t: int, p: int, tile: np.ndarray, order: np.ndarray) -> LayerCost:
+        cfg = self.cfg
+
+        def at(x: np.ndarray) -> Any:
+            return np.broadcast_to(x, s["cycles"].shape)[t, p].item()
+
+        cycles, compute, stall = at(s["cycles"]), at(s["compute"]), at(s["stall"])
+        buf = {k: at(s["buf"][k]) * 1e-9 for k in BUFFERS}
+        core, dram = at(s["core"]) * 1e-9, at(s["dram"]) * 1e-9
+        dr, dw = at(s["dram_read"]), at(s["dram_write"])
+        trips = s["trips"][t]
+        sizes = dict(zip(LOOPS, (int(tile[0]), int(tile[1]), int(tile[1]), int(tile[2]), int(tile[3]))))
+        return LayerCost(
+            cycles=cycles, compute_cycles=compute, stall_cycles=stall,
+            latency_ms=cycles / (cfg.frequency_mhz * 1e6) * 1e3,
+            energy_mj=core + sum(buf.values()) + dram, energy_core_mj=core, energy_buffer_mj=sum(buf.values()),
+            energy_dram_mj=dram, energy_buffers_mj=buf, dram_read_bits=dr, dram_write_bits=dw,
+            dram_bytes=(dr + dw) / 8,
+            sram_read_bits={k: at(s["reads"][k]) for k in BUFFERS},
+            sram_write_bits={k: at(s["writes"][k]) for k in BUFFERS},
+            macs=c.groups * c.batch * c.O * c.O * c.K * c.K * c.IC * c.OC,
+            macs_per_cycle_per_unit=self.speedup(c.w_bits, c.a_bits), batch=c.batch, im2col=c.im2col,
+            loop_order=">".join(LOOPS[i] for i in order),
+            tile={**sizes, **{f"{k}_tiles": int(n) for k, n in zip(LOOPS, trips)}, "groups": c.groups},
+        )
+
+    def evaluate(self, c: ConvCall, tile: dict[str, int], order: tuple[str, ...]) -> LayerCost:
+        """The cost of one tiling ({'B', 'OW', 'IC', 'OC'} tile sizes) in one loop order (outer to inner)."""
+        t = np.array([[tile["B"], tile["OW"], tile["IC"], tile["OC"]]], dtype=np.int64)
+        p = np.array([[LOOPS.index(x) for x in order]], dtype=np.int64)
+        return self._cost(c, self._stats(c, t, p), 0, 0, t[0], p[0])
+
+    def run(self, c: ConvCall) -> LayerCost:
+        """The best tiling and loop order for a simulator call: fewest cycles, then least energy."""
+        if c in self._cache:
+            return self._cache[c]
+        tiles = self.tilings(c)
+        if not len(tiles):
+            raise UnsupportedBackendError(f"{c}: no tile fits the BitFusion buffers")
+        s = self._stats(c, tiles, _ORDERS)
+        cycles = s["cycles"]
+        energy = np.where(cycles == cycles.min(), s["energy"], np.inf)
+        t, p = np.unravel_index(int(np.argmin(energy)), cycles.shape)
+        cost = self._cost(c, s, t, p, tiles[t], _ORDERS[p])
+        self._cache[c] = cost
+        return cost
+
+    def simulate(self, spec: LayerSpec, *, batch: int | None = None, im2col: bool | None = None) -> LayerCost:
+        """Cycles, memory stalls, traffic, latency and energy of one layer (batch ``cfg.batch`` unless given)."""
+        return self.run(self.call(spec, batch=batch, im2col=im2col))
 
     def compute_cycles(self, spec: LayerSpec) -> int:
-        """Cycles the array needs: per group, ceil(K/cols) x ceil(C*R*S/(rows*speedup)) x output pixels."""
-        self._check(spec)
-        c, d = self.cfg, self._dims(spec)
-        p = d["P_rows"] * d["OW"]
-        per_pixel = math.ceil(d["K"] / c.cols) * math.ceil(d["C"] * d["RS"] / (c.rows * self.speedup(spec.w_bits,
-                                                                                                      spec.a_bits)))
-        return int(d["g"] * per_pixel * p * c.batch)
-
-    def _traffic(self, spec: LayerSpec, kt: int, ct: int, pt: int, order: str) -> tuple[float, dict[str, float]] | None:
-        """DRAM bytes of one group for tile sizes and a loop order (outer to inner over 'K', 'C', 'P')."""
-        c, d = self.cfg, self._dims(spec)
-        share = 0.5 if c.double_buffered else 1.0
-        wb, ab = spec.w_bits / 8.0, spec.a_bits / 8.0
-        in_rows = min((pt - 1) * d["stride"] + d["R"], d["IH"])
-        w_tile = kt * ct * d["RS"] * wb
-        i_tile = ct * in_rows * d["IW"] * ab * c.batch
-        o_tile = kt * pt * d["OW"] * c.psum_bits / 8.0 * c.batch
-        if w_tile > c.wbuf_kb * 1024 * share or i_tile > c.ibuf_kb * 1024 * share or o_tile > c.obuf_kb * 1024 * share:
-            return None
-        trips = {"K": math.ceil(d["K"] / kt), "C": math.ceil(d["C"] / ct), "P": math.ceil(d["P_rows"] / pt)}
-        rel = {"w": {"K", "C"}, "i": {"C", "P"}, "o": {"K", "P"}}
-
-        def loads(tensor: str) -> int:
-            # a tile stays resident across the innermost loops it does not depend on
-            inner = len(order)
-            while inner > 0 and order[inner - 1] not in rel[tensor]:
-                inner -= 1
-            return math.prod(trips[x] for x in order[:inner])
-
-        w = loads("w") * w_tile
-        i = loads("i") * i_tile
-        o_final = d["K"] * d["P_rows"] * d["OW"] * ab * c.batch
-        o_loads = loads("o")
-        distinct = trips["K"] * trips["P"]
-        spills = max(o_loads - distinct, 0)  # each revisit reads the partial sums back and writes them again
-        o = o_final + 2 * spills * o_tile
-        if spec.residual:
-            o += o_final  # the skip tensor is read once
-        return w + i + o, {"weights": w, "inputs": i, "outputs": o}
-
-    def best_tiling(self, spec: LayerSpec) -> tuple[float, str, dict[str, int], dict[str, float]]:
-        """The tiling and loop order with the fewest DRAM bytes per group."""
-        d = self._dims(spec)
-        best = None
-        for kt in _tile_options(d["K"]):
-            for ct in _tile_options(d["C"]):
-                for pt in _tile_options(d["P_rows"]):
-                    for order in itertools.permutations("KCP"):
-                        got = self._traffic(spec, kt, ct, pt, "".join(order))
-                        if got is None:
-                            continue
-                        key = (got[0], -kt * ct * pt)
-                        if best is None or key < best[0]:
-                            best = (key, "".join(order), {"K": kt, "C": ct, "P_rows": pt}, got[1])
-        if best is None:
-            raise UnsupportedBackendError(
-                f"layer '{spec.name or spec.key}': no tile of one output row fits the BitFusion buffers")
-        return best[0][0], best[1], best[2], best[3]
-
-    def simulate(self, spec: LayerSpec) -> LayerCost:
-        """Cycles, memory stalls, latency and energy of one layer (batch ``cfg.batch``)."""
-        self._check(spec)
-        c, d = self.cfg, self._dims(spec)
-        compute = self.compute_cycles(spec)
-        per_group, order, tile, split = self.best_tiling(spec)
-        dram_bytes = per_group * d["g"]
-        mem_cycles = math.ceil(dram_bytes * 8 / c.dram_bits_per_cycle)
-        stall = max(mem_cycles - compute, 0) if c.double_buffered else mem_cycles
-        cycles = compute + stall
-        macs = spec.weight_count * (spec.out_hw * spec.out_hw if spec.op == "conv" else 1) * c.batch
-        e = c.energy_pj
-        bricks_used = (math.ceil(min(spec.w_bits, c.max_bits) / c.brick_bits)
-                       * math.ceil(min(spec.a_bits, c.max_bits) / c.brick_bits))
-        bricks_full = (c.max_bits // c.brick_bits) ** 2
-        passes = math.ceil(spec.w_bits / c.max_bits) * math.ceil(spec.a_bits / c.max_bits)
-        core_pj = macs * e.mac_8x8 * bricks_used / bricks_full * passes
-        # buffer traffic: every DRAM byte is written into a buffer once; the array then reads weights once
-        # per output-pixel tile, inputs once per column group of output channels, and reads and writes
-        # partial sums once per reduction pass
-        p = d["P_rows"] * d["OW"] * c.batch
-        col_groups = math.ceil(d["K"] / c.cols)
-        red_passes = math.ceil(d["C"] * d["RS"] / (c.rows * self.speedup(spec.w_bits, spec.a_bits)))
-        g = d["g"]
-        wbuf_bits = g * (split["weights"] * 8 + d["K"] * d["C"] * d["RS"] * spec.w_bits
-                         * math.ceil(d["P_rows"] / tile["P_rows"]))
-        ibuf_bits = g * (split["inputs"] * 8 + p * d["C"] * d["RS"] * spec.a_bits * col_groups)
-        obuf_bits = g * (split["outputs"] * 8 + 2 * p * d["K"] * red_passes * c.psum_bits)
-        buffer_pj = wbuf_bits * e.wbuf_per_bit + ibuf_bits * e.ibuf_per_bit + obuf_bits * e.obuf_per_bit
-        dram_pj = dram_bytes * 8 * e.dram_per_bit
-        latency_ms = cycles / (c.frequency_mhz * 1e6) * 1e3
-        return LayerCost(
-            cycles=int(cycles), compute_cycles=int(compute), stall_cycles=int(stall), latency_ms=latency_ms,
-            energy_mj=(core_pj + buffer_pj + dram_pj) * 1e-9, energy_core_mj=core_pj * 1e-9,
-            energy_buffer_mj=buffer_pj * 1e-9, energy_dram_mj=dram_pj * 1e-9, dram_bytes=float(dram_bytes),
-            macs=int(macs), macs_per_cycle_per_unit=self.speedup(spec.w_bits, spec.a_bits), loop_order=order,
-            tile=tile,
-        )
+        """Cycles the array computes for ``spec`` (stalls excluded)."""
+        return self.simulate(spec).compute_cycles
 
 
 @register
@@ -268,7 +378,9 @@ class BitFusionBackend(Backend):
         return True
 
     def fingerprint(self) -> dict[str, Any]:
-        return {"backend": self.name, "simulator": "bitnas analytic BitFusion model", "preset": self.preset,
+        origin = "published (released BitFusion simulator)" if self.config.published else "bitnas's own, not published"
+        return {"backend": self.name, "simulator": "bitnas model of the released BitFusion simulator",
+                "model_version": MODEL_VERSION, "preset": self.preset, "preset_origin": origin,
                 "accelerator": self.config.model_dump(), "threads": self.threads}
 
     def bit_options(self) -> list[tuple[int, int]]:
@@ -292,7 +404,8 @@ class BitFusionBackend(Backend):
 
 register_target(Target(
     name="bitfusion", backend="bitfusion", simulated=True, energy=True, int4_weights=True,
-    bit_options=tuple((w, a) for w in (2, 4, 8) for a in (2, 4, 8)),
+    # its native widths {2, 4, 8} and APQ's 6 bits, which a fusion unit runs at the 8-bit rate with 6-bit traffic
+    bit_options=tuple((w, a) for w in (2, 4, 6, 8) for a in (2, 4, 6, 8)),
     verify_backends=("ort", "openvino"),
     description="the BitFusion bit-flexible accelerator, simulated per layer (latency, energy, cycles)",
 ))
