@@ -1,7 +1,8 @@
 """``bitnas search --project P``: the project's searcher on its problem for a budget of true evaluations.
 
-Objectives and constraints come from the project config; every evaluated candidate goes to the run
-folder's study (SQLite) as it finishes, so a rerun resumes.
+Objectives and constraints come from the project config; true evaluations run where ``search.executor``
+says (in this process, a process pool, Ray); every evaluated candidate goes to the run folder's study
+(SQLite) as it finishes, so a rerun, killed or not, resumes.
 """
 
 from __future__ import annotations

@@ -9,6 +9,7 @@ from bitnas.searchers.base import Evaluation, Objective, Searcher, Study, run_se
 from bitnas.searchers.bo import BoSearcher
 from bitnas.searchers.edmips import EdmipsSearcher
 from bitnas.searchers.evolution import EvolutionSearcher
+from bitnas.searchers.executor import Executor, InProcessExecutor, PoolExecutor, RayExecutor, make_executor
 from bitnas.searchers.linas import LinasSearcher
 from bitnas.searchers.nsga2 import Nsga2Searcher
 from bitnas.searchers.pareto import hypervolume, knee_point, non_dominated
@@ -18,6 +19,7 @@ for _name, _cls in (("random", RandomSearcher), ("nsga2", Nsga2Searcher), ("evol
                     ("linas", LinasSearcher), ("bo", BoSearcher), ("edmips", EdmipsSearcher)):
     SEARCHERS.register(_name, _cls)
 
-__all__ = ["SEARCHERS", "BoSearcher", "EdmipsSearcher", "Evaluation", "EvolutionSearcher",
-           "LinasSearcher", "Nsga2Searcher", "Objective", "RandomSearcher", "Searcher", "Study", "hypervolume",
-           "knee_point", "non_dominated", "run_search"]
+__all__ = ["SEARCHERS", "BoSearcher", "EdmipsSearcher", "Evaluation", "EvolutionSearcher", "Executor",
+           "InProcessExecutor", "LinasSearcher", "Nsga2Searcher", "Objective", "PoolExecutor", "RandomSearcher",
+           "RayExecutor", "Searcher", "Study", "hypervolume", "knee_point", "make_executor", "non_dominated",
+           "run_search"]

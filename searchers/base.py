@@ -8,20 +8,28 @@ candidates again and the study answers them without paying for a second evaluati
 from __future__ import annotations
 
 import json
+import os
+import socket
 import sqlite3
 import time
+import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, wait
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from bitnas.api import Objective
-from bitnas.errors import UserError
+from bitnas.errors import InternalError, UserError
 from bitnas.io import atomic_write_json
 from bitnas.space import Candidate, SearchSpace
+
+if TYPE_CHECKING:
+    from bitnas.searchers.executor import Executor
 
 
 def to_minimization(objectives: Sequence[Objective], values: dict[str, float]) -> np.ndarray:
@@ -105,42 +113,82 @@ class Evaluation:
 
 
 class Study:
-    """Append-only SQLite store of evaluated candidates, tagged with the problem it belongs to."""
+    """Append-only SQLite store of evaluated candidates, tagged with the problem it belongs to.
+
+    Several processes may share one study: SQLite in WAL mode with a busy timeout serializes the writes,
+    and a candidate is claimed (``claim``) before its evaluation, so two processes never pay for the same
+    one. A claim names its process; a claim whose process is gone (killed) is taken over. Claims are checked
+    on this machine only: a study lives on a local disk, where SQLite's locks hold.
+    """
 
     def __init__(self, path: str | Path, problem: dict[str, Any]):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         try:
-            self.db = sqlite3.connect(str(self.path))
-            self.db.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT)")
-            self.db.execute(
-                "CREATE TABLE IF NOT EXISTS evaluations (id TEXT PRIMARY KEY, seq INTEGER, candidate TEXT, "
-                "encoding TEXT, objectives TEXT, wall_time_s REAL, created REAL)"
-            )
-            row = self.db.execute("SELECT value FROM meta WHERE key='problem'").fetchone()
+            self.db = sqlite3.connect(str(self.path), timeout=60.0, isolation_level=None)
+            self.db.execute("PRAGMA journal_mode=WAL")
+            with self._write():
+                self.db.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT)")
+                self.db.execute(
+                    "CREATE TABLE IF NOT EXISTS evaluations (id TEXT PRIMARY KEY, seq INTEGER, candidate TEXT, "
+                    "encoding TEXT, objectives TEXT, wall_time_s REAL, created REAL)"
+                )
+                self.db.execute("CREATE TABLE IF NOT EXISTS claims (id TEXT PRIMARY KEY, owner TEXT, pid INTEGER, "
+                                "host TEXT, since REAL)")
+                wanted = json.dumps(problem, sort_keys=True)
+                self.db.execute("INSERT OR IGNORE INTO meta VALUES ('problem', ?)", (wanted,))
+                row = self.db.execute("SELECT value FROM meta WHERE key='problem'").fetchone()
         except sqlite3.DatabaseError as exc:
             raise UserError(f"{self.path}: not a bitnas study database ({exc})") from None
-        wanted = json.dumps(problem, sort_keys=True)
-        if row is None:
-            with self.db:
-                self.db.execute("INSERT INTO meta VALUES ('problem', ?)", (wanted,))
-        elif row[0] != wanted:
+        if row[0] != wanted:
+            self.db.close()
             raise UserError(f"{self.path}: study belongs to another problem (supernet, LUT or evaluator changed); "
                             "use a new study path")
         self.problem = problem
+
+    @contextmanager
+    def _write(self):
+        """One write transaction, taken at once (BEGIN IMMEDIATE): reads inside it see no other writer."""
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+        self.db.execute("COMMIT")
 
     def get(self, cid: str) -> dict[str, float] | None:
         row = self.db.execute("SELECT objectives FROM evaluations WHERE id=?", (cid,)).fetchone()
         return json.loads(row[0]) if row else None
 
+    def claim(self, cid: str) -> str:
+        """Claim ``cid`` for evaluation by this process: 'mine', 'done' (already evaluated) or 'taken' (being
+        evaluated by another live process)."""
+        with self._write():
+            if self.db.execute("SELECT 1 FROM evaluations WHERE id=?", (cid,)).fetchone():
+                return "done"
+            row = self.db.execute("SELECT owner, pid, host FROM claims WHERE id=?", (cid,)).fetchone()
+            if row and row[0] != self.owner and _alive(row[1], row[2]):
+                return "taken"
+            self.db.execute("INSERT OR REPLACE INTO claims VALUES (?,?,?,?,?)",
+                            (cid, self.owner, os.getpid(), socket.gethostname(), time.time()))
+            return "mine"
+
+    def release(self) -> None:
+        """Drop this process's claims (evaluations it will not finish)."""
+        with self._write():
+            self.db.execute("DELETE FROM claims WHERE owner=?", (self.owner,))
+
     def add(self, candidate: Candidate, encoding: np.ndarray, objectives: dict[str, float], wall: float) -> None:
-        with self.db:
+        with self._write():
             seq = self.db.execute("SELECT COUNT(*) FROM evaluations").fetchone()[0]
             self.db.execute(
                 "INSERT OR IGNORE INTO evaluations VALUES (?,?,?,?,?,?,?)",
                 (candidate.id, seq, json.dumps(candidate.to_dict()), json.dumps(encoding.tolist()),
                  json.dumps(objectives), wall, time.time()),
             )
+            self.db.execute("DELETE FROM claims WHERE id=?", (candidate.id,))
 
     def __len__(self) -> int:
         return self.db.execute("SELECT COUNT(*) FROM evaluations").fetchone()[0]
@@ -160,7 +208,26 @@ class Study:
                                         "evaluations": records})
 
     def close(self) -> None:
-        self.db.close()
+        try:
+            self.release()
+        finally:
+            self.db.close()
+
+
+def _alive(pid: int, host: str) -> bool:
+    """Whether the process ``pid`` of ``host`` still runs (one of another machine is taken to)."""
+    if host != socket.gethostname() or pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # a killed child its parent has not reaped yet is a zombie: gone all the same
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True
 
 
 ProgressFn = Callable[[int, int, dict[str, Any]], None]
@@ -168,38 +235,94 @@ ProgressFn = Callable[[int, int, dict[str, Any]], None]
 
 def run_search(
     searcher: Searcher,
-    evaluate: Callable[[Candidate], dict[str, float]],
+    evaluate: Callable[[Candidate], dict[str, float]] | None,
     budget: int,
     study: Study,
     progress: ProgressFn | None = None,
     max_idle_rounds: int = 50,
+    executor: Executor | None = None,
 ) -> list[Evaluation]:
-    """Drive ``searcher`` until the study holds ``budget`` true evaluations; returns them in order."""
+    """Drive ``searcher`` until the study holds ``budget`` true evaluations; returns them in order.
+
+    The fresh candidates of each batch go to ``executor`` (default: ``evaluate`` in this process), at most
+    its ``slots`` at a time; each result is written to the study as it arrives, in any order, and the
+    searcher is told in ask order, so the study is the same whichever executor ran.
+    """
+    from bitnas.searchers.executor import InProcessExecutor
+
+    if executor is None:
+        if evaluate is None:
+            raise InternalError("run_search needs an evaluate function or an executor")
+        executor = InProcessExecutor(evaluate)
     idle = 0
-    while len(study) < budget:
-        candidates = searcher.ask()
-        if not candidates:
-            break
-        told, values, fresh = [], [], 0
-        for c in candidates:
+    try:
+        while len(study) < budget:
+            candidates = searcher.ask()
+            if not candidates:
+                break
+            told, values, fresh = _batch(searcher, candidates, budget, study, executor, progress)
+            if told:
+                searcher.tell(told, np.array([to_minimization(searcher.objectives, values[c.id]) for c in told]))
+            idle = 0 if fresh else idle + 1
+            if idle >= max_idle_rounds:  # the searcher keeps proposing only known candidates
+                break
+    finally:
+        study.release()
+    return study.evaluations()
+
+
+def _batch(searcher: Searcher, candidates: Sequence[Candidate], budget: int, study: Study, executor: Executor,
+           progress: ProgressFn | None) -> tuple[list[Candidate], dict[str, dict[str, float]], int]:
+    """One asked batch: (the candidates to tell, in ask order; their values; how many were evaluated here)."""
+    start = len(study)
+    told: list[Candidate] = []
+    values: dict[str, dict[str, float]] = {}
+    todo: dict[str, Candidate] = {}
+    for c in candidates:
+        if c.id not in values and c.id not in todo:
             obj = study.get(c.id)
-            if obj is None:
-                if len(study) >= budget:
-                    break
-                t0 = time.perf_counter()
-                obj = evaluate(c)
-                study.add(c, searcher.space.encode(c), obj, time.perf_counter() - t0)
+            if obj is not None:
+                values[c.id] = obj
+            elif start + len(todo) >= budget:
+                break
+            else:
+                todo[c.id] = c
+        told.append(c)
+    queue = list(todo.values())
+    running: dict[Future, Candidate] = {}
+    others: dict[str, Candidate] = {}  # claimed by another live process: its result is awaited
+    fresh = 0
+    while queue or running or others:
+        while queue and len(running) < executor.slots:
+            c = queue.pop(0)
+            state = study.claim(c.id)
+            if state == "done":
+                values[c.id] = study.get(c.id)
+            elif state == "taken":
+                others[c.id] = c
+            else:
+                running[executor.submit(c)] = c
+        if running:
+            done, _ = wait(running, timeout=0.2 if others else None, return_when=FIRST_COMPLETED)
+            for fut in done:
+                c = running.pop(fut)
+                obj, wall = fut.result()
+                study.add(c, searcher.space.encode(c), obj, wall)
+                values[c.id] = obj
                 fresh += 1
                 if progress:
                     progress(len(study), budget, obj)
-            told.append(c)
-            values.append(to_minimization(searcher.objectives, obj))
-        if told:
-            searcher.tell(told, np.array(values))
-        idle = 0 if fresh else idle + 1
-        if idle >= max_idle_rounds:  # the searcher keeps proposing only known candidates
-            break
-    return study.evaluations()
+        elif others:
+            time.sleep(0.2)
+        for cid, c in list(others.items()):
+            obj = study.get(cid)
+            if obj is not None:
+                values[cid] = obj
+                del others[cid]
+            elif study.claim(cid) != "taken":  # its process is gone: evaluate it here
+                del others[cid]
+                queue.insert(0, c)
+    return told, values, fresh
 
 
 # what the driver gives every searcher; never a user option
