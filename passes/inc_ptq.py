@@ -1,9 +1,10 @@
 """Static post-training quantization to QDQ: Intel Neural Compressor (IncStaticPtq) or ONNX Runtime's
 quantizer (OrtStaticPtq), one algorithm behind both engines.
 
-The nodes whose bits (read from the graph, see AssignBitwidths) have 8-bit activations and weights of 8
-bits or fewer are quantized: weights per-channel symmetric INT8 (SubByteWeights narrows those below 8
-bits afterwards), activations per-tensor asymmetric UINT8; float layers stay float. ``reduce_range``
+The nodes whose bits (read from the graph, see AssignBitwidths) have weights and activations of 2 to 8 bits
+are quantized: weights per-channel symmetric INT8 (SubByteWeights narrows those below 8 bits afterwards),
+activations per-tensor asymmetric UINT8 (SubByteActivations narrows those below 8 bits afterwards); float
+layers stay float. ``reduce_range``
 (7-bit weights) defaults to on when the CPU lacks an INT8 dot-product instruction, where u8s8 products can
 saturate.
 """
@@ -173,6 +174,8 @@ def inc_quantize_qdq(src: Path, dst: Path, nodes: Iterable[str], calib: Sequence
         _optimize_for_inc(src, opt)
         quantize(str(opt), str(tmp), cfg, optimization_level=ort.GraphOptimizationLevel.ORT_DISABLE_ALL)
         _restore_names(tmp, dst, nodes)
+        if reduce_range:  # INC's static quantizer does not apply it to the weights itself
+            _reduce_range_file(dst, src)
     finally:
         _cleanup(tmp)
 
@@ -193,6 +196,8 @@ def ort_quantize_qdq(src: Path, dst: Path, nodes: Iterable[str], calib: Sequence
             extra_options={"ActivationSymmetric": False, "WeightSymmetric": True},
         )
         _restore_names(tmp, dst, nodes)
+        if reduce_range:  # ORT's reduced range is +-64; the simulation's (and INC's here) +-63
+            _reduce_range_file(dst, src)
     finally:
         _cleanup(tmp)
 
@@ -207,6 +212,64 @@ def quantized_nodes(model: onnx.ModelProto) -> set[str]:
             if p is not None and p.op_type == "DequantizeLinear":
                 out.add(n.name)
     return out
+
+
+def _reduce_range_file(dst: Path, float_path: Path) -> None:
+    model = onnx.load(str(dst))
+    if reduce_weight_range(model, float_path):
+        atomic_write_bytes(dst, model.SerializeToString())
+
+
+def reduce_weight_range(model: onnx.ModelProto, float_path: Path) -> int:
+    """Re-quantize INT8 weights beyond +-63 to the reduced range in place; return how many.
+
+    Intel Neural Compressor's static quantizer does not pass ``reduce_range`` on to the weights, so on a CPU
+    without VNNI its weights would use all 8 bits while the simulated quantizer (and the integer kernels'
+    saturation-free range) use 7; ONNX Runtime's quantizer reduces to +-64, one level more than +-63. Each such weight is re-quantized from the float export per channel at
+    +-63 with a float32 scale, and its INT32 bias to the new ``input scale x weight scale``.
+    """
+    from onnx import numpy_helper
+
+    from bitnas.passes.subbyte import float_params
+
+    floats = float_params(float_path)
+    inits = {t.name: t for t in model.graph.initializer}
+    producers = {o: n for n in model.graph.node for o in n.output}
+    changed = 0
+    for node in model.graph.node:
+        if node.op_type not in QUANT_OPS or len(node.input) < 2 or node.name not in floats:
+            continue
+        wdq = producers.get(node.input[1])
+        if wdq is None or wdq.op_type != "DequantizeLinear" or wdq.input[0] not in inits:
+            continue
+        q = numpy_helper.to_array(inits[wdq.input[0]])
+        if q.dtype != np.int8 or np.abs(q.astype(np.int32)).max() <= 63:
+            continue
+        w, bias = floats[node.name]
+        axis = next((a.i for a in wdq.attribute if a.name == "axis"), 1)
+        if w.shape != q.shape or axis != 0:
+            raise InternalError(f"layer '{node.name}': weight {q.shape} quantized along axis {axis}; reduce_range "
+                                "expects per-output-channel weights along axis 0")
+        amax = np.maximum(np.abs(w.reshape(w.shape[0], -1)).max(axis=1), 1e-12).astype(np.float32)
+        scale = (amax / np.float32(63)).astype(np.float32)
+        new_q = np.clip(np.rint(w / scale.reshape(-1, *([1] * (w.ndim - 1)))), -63, 63).astype(np.int8)
+        inits[wdq.input[0]].CopyFrom(numpy_helper.from_array(new_q.reshape(q.shape), wdq.input[0]))
+        old_scale = numpy_helper.to_array(inits[wdq.input[1]])
+        inits[wdq.input[1]].CopyFrom(numpy_helper.from_array(scale.reshape(old_scale.shape), wdq.input[1]))
+        if len(node.input) > 2 and node.input[2]:
+            bdq, xdq = producers.get(node.input[2]), producers.get(node.input[0])
+            if (bdq is not None and bdq.op_type == "DequantizeLinear" and xdq is not None
+                    and xdq.op_type == "DequantizeLinear" and bdq.input[0] in inits):
+                b = bias if bias is not None else (numpy_helper.to_array(inits[bdq.input[0]]).astype(np.float64)
+                                                   * numpy_helper.to_array(inits[bdq.input[1]]))
+                x_scale = numpy_helper.to_array(inits[xdq.input[1]]).reshape(-1)[0].astype(np.float32)
+                b_scale = np.maximum(x_scale * scale, np.float32(1e-12)).astype(np.float32)
+                bq = np.rint(b.astype(np.float32) / b_scale).astype(np.int32)
+                old_b = numpy_helper.to_array(inits[bdq.input[1]])
+                inits[bdq.input[0]].CopyFrom(numpy_helper.from_array(bq, bdq.input[0]))
+                inits[bdq.input[1]].CopyFrom(numpy_helper.from_array(b_scale.reshape(old_b.shape), bdq.input[1]))
+        changed += 1
+    return changed
 
 
 class StaticPtq(Pass):
@@ -230,9 +293,10 @@ class StaticPtq(Pass):
         data = ctx.need("data", self.name)
         bits = layer_bits_of(model.path)
         for name, (w, a) in bits.items():
-            if (w, a) != (32, 32) and (a != 8 or not 2 <= w <= 8):
-                raise UserError(f"{self.name} runs W2-8/A8 or float per layer; layer '{name}' asks for W{w}A{a}")
+            if (w, a) != (32, 32) and not (2 <= a <= 8 and 2 <= w <= 8):
+                raise UserError(f"{self.name} runs W2-8/A2-8 or float per layer; layer '{name}' asks for W{w}A{a}")
         nodes = [k for k in model.layers if bits[k] != (32, 32)]
+        narrow_acts = sorted(k for k in nodes if bits[k][1] < 8)
         dst = ctx.workdir / self.config.filename
         reduce_range = resolve_reduce_range(self.config.reduce_range)
         ctx.results["quantization"] = {
@@ -242,6 +306,8 @@ class StaticPtq(Pass):
                             "batch_size": self.config.calibration_batch_size},
             "quantized_layers": len(nodes), "float_layers": len(bits) - len(nodes),
         }
+        if narrow_acts:  # written at 8 bits here; SubByteActivations narrows them to the policy's levels
+            ctx.results["quantization"]["activations_below_8_bits"] = narrow_acts
         if nodes:
             # the same batches the search's simulated quantization calibrates on, so the two agree
             batches = [b.numpy() for b in calibration_batches(data, self.config.calibration_batches,
