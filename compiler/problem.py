@@ -3,18 +3,31 @@
 One true evaluation (``evaluate``), the cheap objectives (``cheap``), the identity a study is bound to, and
 the fixed hypervolume normalization. ``bitnas demo``, ``bitnas search`` and the search benchmark all build
 it through ``Project.problem()``, so a candidate scores the same wherever it is evaluated.
+
+A true evaluation measures accuracy in one of three ways (``search.evaluation``):
+
+- ``simulated``: the subnet with simulated (fake) quantization of its policy, BN recalibrated;
+- ``inc-ptq`` (SimQ-NAS): the compile passes ExtractSubnet, RecalibrateBn, ExportOnnx, AssignBitwidths,
+  IncStaticPtq, SubByteWeights and SubByteActivations applied to the candidate, the QDQ model run on ONNX
+  Runtime;
+- ``qaft`` (BOMP-NAS): quantization-aware fine-tuning at the policy's bits (``qaft_finetune``), then the
+  simulated-quantization accuracy.
+
+The two measured modes also record ``accuracy_simulated``, what ``simulated`` gives for the candidate.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from bitnas.errors import ConfigError
 from bitnas.space import Candidate, SearchSpace
 
 
@@ -23,6 +36,46 @@ def problem_id(parts: dict[str, Any]) -> dict[str, Any]:
     parts = dict(parts)
     parts["hash"] = hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
     return parts
+
+
+EVALUATIONS = ("simulated", "inc-ptq", "qaft")
+
+
+def evaluation_id(mode: str, qaft_epochs: int = 1, qaft_lr: float = 1e-3) -> dict[str, Any]:
+    """What a true evaluation of ``mode`` measures, as recorded in the problem identity (and ``search.json``)."""
+    if mode == "simulated":
+        return {"mode": mode, "accuracy": "simulated quantization of the subnet (PyTorch)"}
+    if mode == "inc-ptq":
+        return {"mode": mode, "accuracy": "Intel Neural Compressor static PTQ of the ONNX export (QDQ), run on ONNX Runtime"}
+    if mode == "qaft":
+        return {"mode": mode, "accuracy": "simulated quantization after quantization-aware fine-tuning",
+                "epochs": int(qaft_epochs), "lr": float(qaft_lr)}
+    raise ConfigError(f"unknown evaluation '{mode}' (known: {', '.join(EVALUATIONS)})")
+
+
+def check_evaluation(space: SearchSpace, mode: str, where: str = "search.evaluation") -> None:
+    """Refuse ``inc-ptq`` on a space whose policy offers bits static PTQ does not produce, naming the gene."""
+    if mode != "inc-ptq":
+        return
+    for g in space.policy_genes:
+        for w, a in g.options:
+            if (w, a) != (32, 32) and not (2 <= a <= 8 and 2 <= w <= 8):
+                raise ConfigError(f"{where}: inc-ptq quantizes layers to W2-8/A2-8 or keeps them float, but space "
+                                  f"'{space.name}' gene '{g.name}' offers W{w}A{a}; use simulated or qaft")
+
+
+def onnx_accuracy(path: Path, data: Any, threads: int = 1) -> float:
+    """Top-1 accuracy of the ONNX model at ``path`` on the val split, run on ONNX Runtime."""
+    from bitnas.backends import get_backend
+    from bitnas.passes.verify import VAL_BATCH, run_batched
+
+    backend = get_backend("ort", threads=threads)
+    runner = backend.compile(path)
+    correct = seen = 0
+    for x, y in data.batches("val", VAL_BATCH):
+        correct += int((run_batched(backend, runner, x.numpy()).argmax(1) == y.numpy()).sum())
+        seen += len(y)
+    return correct / seen
 
 
 def extreme_candidates(space: SearchSpace) -> tuple[list[Candidate], list[Candidate]]:
@@ -55,6 +108,10 @@ class Problem:
     constraints: dict[str, float]
     problem: dict[str, Any]
     accuracy_reference: float = 0.5
+    evaluation: str = "simulated"
+    qaft_epochs: int = 1
+    qaft_lr: float = 1e-3
+    seed: int = 0  # of the calibration batches (``calib``), as the compile passes draw them
     _cheap_names: list[str] = field(default_factory=list)
     _scorer: Any = field(default=None, repr=False)
 
@@ -67,6 +124,8 @@ class Problem:
                 names.append(key)
         self._cheap_fns = {n: OBJECTIVES.get(n).compute for n in names}
         self._cheap_names = names
+        evaluation_id(self.evaluation)
+        check_evaluation(self.space, self.evaluation)
 
     @property
     def space(self) -> SearchSpace:
@@ -105,15 +164,52 @@ class Problem:
         return CheapEvaluator(self.cheap, self.cheap_batch)
 
     def evaluate(self, c: Candidate) -> dict[str, float]:
-        """Accuracy of the candidate with simulated quantization (when an objective), plus its cheap values."""
+        """The candidate's accuracy as ``evaluation`` measures it (when an objective), plus its cheap values."""
         out = self.cheap(c)
-        if self.needs_evaluation:
-            from bitnas.supernets.evaluate import accuracy, prepare_subnet
-            from bitnas.supernets.static import quantize_net
+        if not self.needs_evaluation:
+            return out
+        from bitnas.supernets.evaluate import accuracy, prepare_subnet
+        from bitnas.supernets.static import quantize_net
 
-            static = prepare_subnet(self.supernet, c, self.calib)
-            out["accuracy"] = accuracy(quantize_net(static, c.policy_dict, self.calib, self.reduce_range), self.data)
+        static = prepare_subnet(self.supernet, c, self.calib)
+        simulated = accuracy(quantize_net(static, c.policy_dict, self.calib, self.reduce_range), self.data)
+        if self.evaluation == "simulated":
+            out["accuracy"] = simulated
+            return out
+        out["accuracy"] = (self._accuracy_inc_ptq(c, static) if self.evaluation == "inc-ptq"
+                           else self._accuracy_qaft(c, static))
+        out["accuracy_simulated"] = simulated
         return out
+
+    def _accuracy_inc_ptq(self, c: Candidate, static: Any) -> float:
+        """ORT accuracy of the candidate's QDQ model, made by the compile passes in a scratch folder.
+
+        ``static`` is what ExtractSubnet and RecalibrateBn give (the same extraction, the same batches).
+        """
+        from bitnas.passes import (
+            AssignBitwidths,
+            ExportOnnx,
+            IncStaticPtq,
+            SubByteActivations,
+            SubByteWeights,
+        )
+        from bitnas.pipeline import PassContext, Sequential
+
+        pipeline = Sequential([ExportOnnx(), AssignBitwidths(),
+                               IncStaticPtq(calibration_batches=len(self.calib), reduce_range=self.reduce_range),
+                               SubByteWeights(), SubByteActivations()])
+        with tempfile.TemporaryDirectory(prefix="bitnas-eval-") as tmp:
+            ctx = PassContext(workdir=Path(tmp), seed=self.seed,
+                              inputs={"supernet": self.supernet, "data": self.data, "candidate": c})
+            return onnx_accuracy(pipeline.run(static, ctx).path, self.data)
+
+    def _accuracy_qaft(self, c: Candidate, static: Any) -> float:
+        from bitnas.passes.qaft import qaft_finetune
+        from bitnas.supernets.evaluate import accuracy
+
+        q = qaft_finetune(static, c.policy_dict, self.data, self.qaft_epochs, self.qaft_lr, calib=self.calib,
+                          reduce_range=self.reduce_range, seed=self.seed)
+        return accuracy(q, self.data)
 
     def minimization(self, values: dict[str, float]) -> np.ndarray:
         """``values`` as the row of a minimization problem, in objective order."""

@@ -35,6 +35,12 @@ def scalarize(objectives: Sequence[Objective], raw: Mapping[str, float], referen
     return score
 
 
+def ucb(gp: GpPredictor, X: np.ndarray, kappa: float) -> np.ndarray:
+    """Upper confidence bound ``mean + kappa * std`` of the GP at one-hot rows ``X`` (a score to maximize)."""
+    mean, std = gp.predict_std(X)
+    return mean + kappa * std
+
+
 class BoSearcher(HistorySearcher):
     """Gaussian-process Bayesian optimization with UCB (scalarized) or optimistic hypervolume improvement."""
 
@@ -93,6 +99,7 @@ class BoSearcher(HistorySearcher):
                                for o in self.objectives}
         scores = np.array([scalarize(self.objectives, r, self.references) for r in raws])
         gp = GpPredictor(seed=self.seed).fit(onehot(self.space, self.X), scores)
+        self.scores, self.surrogate = scores, gp  # the last round's, to inspect
         have = set(self.seen)
         order = np.argsort(-scores)
         pool: list[Candidate] = []
@@ -107,6 +114,5 @@ class BoSearcher(HistorySearcher):
         pool += self.sample_feasible(self.pool_size - len(pool), self.rng, have)
         if not pool:
             return []
-        mean, std = gp.predict_std(onehot(self.space, pool))
-        ucb = mean + self.kappa * std
-        return [pool[i] for i in np.argsort(-ucb, kind="stable")[: self.batch_size]]
+        acq = ucb(gp, onehot(self.space, pool), self.kappa)
+        return [pool[i] for i in np.argsort(-acq, kind="stable")[: self.batch_size]]

@@ -7,30 +7,42 @@ budget (the user's constraints and the level's budget on the cost objective, bot
 evaluator, e.g. the LUT) discarded before the predictor scores it. The budget levels spread over the cost
 range of the evaluated candidates, so the best predicted candidate of each level lands on a different
 part of the front; those go to true evaluation.
+
+APQ's predictor transfer (``transfer``, on by default): when the primary objective is ``accuracy``, the
+predictor is the MLP and the driver gives the supernet and its data (``bitnas search`` does), the MLP is
+first pre-trained once on the architecture columns of ``float_samples`` random architectures with their
+float-subnet accuracy (extracted from the supernet, BN recalibrated, no quantization, no training), then
+each round fine-tunes a copy of it on all columns with the quantized samples evaluated so far.
 """
 
 from __future__ import annotations
 
+import copy
+import time
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
 from bitnas.errors import ConfigError
 from bitnas.searchers.base import CheapFn, Objective
 from bitnas.searchers.common import HistorySearcher
-from bitnas.searchers.predictors import make_predictor, onehot
+from bitnas.searchers.predictors import make_predictor, onehot, onehot_columns
 from bitnas.space import Candidate, SearchSpace
 
 
 class EvolutionSearcher(HistorySearcher):
     """Constrained evolution (APQ) on a predictor; one budget level per candidate asked."""
 
+    needs_supernet = True  # for the float-accuracy samples of the predictor transfer
+
     def __init__(self, space: SearchSpace, objectives: Sequence[Objective], seed: int = 0,
                  constraints: Mapping[str, float] | None = None, cheap: CheapFn | None = None,
                  pop_size: int = 20, batch_size: int | None = None, predictor: str = "mlp",
                  inner_pop: int = 40, inner_gens: int = 8, parent_ratio: float = 0.25,
                  mutation_ratio: float = 0.5, mutate_prob: float = 0.1, predictor_epochs: int = 100,
-                 init: str = "cheap-front"):
+                 init: str = "cheap-front", transfer: bool = True, float_samples: int = 100,
+                 calib_batches: int = 4, supernet: Any = None, data: Any = None, lut: Any = None, reduce_range: bool = False):
         super().__init__(space, objectives, seed, constraints, cheap, pop_size, batch_size, init)
         if len(self.objectives) < 2:
             raise ConfigError("evolution needs a primary objective and a cost objective")
@@ -40,15 +52,56 @@ class EvolutionSearcher(HistorySearcher):
         self.parent_ratio, self.mutation_ratio, self.mutate_prob = parent_ratio, mutation_ratio, mutate_prob
         self.predictor_epochs = predictor_epochs
         self.rounds = 0
+        self.primary = self.model_index[0] if self.model_index else 0  # the predicted objective
+        self.transfer = bool(transfer and predictor == "mlp" and supernet is not None and data is not None
+                             and self.objectives[self.primary].name == "accuracy" and float_samples > 0)
+        self.supernet, self.data, self.float_samples = supernet, data, int(float_samples)
+        self.calib_batches = int(calib_batches)  # train batches (of 64) recalibrating the float samples' BN
+        self.pretrained = None  # the float-accuracy predictor, once pre-trained
+        self.float_accuracy: dict[str, float] = {}  # candidate id -> float-subnet accuracy, of the samples
+        self.float_seconds = 0.0  # spent evaluating the float samples
+        self.transfers = 0  # rounds whose predictor came from the pre-trained one
+
+    def pretrain(self):
+        """The MLP pre-trained on float-subnet accuracies of ``float_samples`` random architectures (once)."""
+        if self.pretrained is None:
+            from bitnas.supernets.evaluate import accuracy, calibration_batches, prepare_subnet
+
+            t0 = time.perf_counter()
+            rng = np.random.default_rng([self.seed, 11])
+            calib = calibration_batches(self.data, self.calib_batches, 64, self.seed)
+            samples: dict[str, Candidate] = {}
+            for _ in range(20 * self.float_samples):
+                if len(samples) >= self.float_samples:
+                    break
+                c = self.space.make(self.space.sample(rng).arch_dict)  # the policy plays no part
+                samples.setdefault(c.id, c)
+            cands = list(samples.values())
+            for c in cands:
+                self.float_accuracy[c.id] = accuracy(prepare_subnet(self.supernet, c, calib), self.data)
+            self.float_seconds = time.perf_counter() - t0
+            y = np.array([self.float_accuracy[c.id] for c in cands])
+            # the predictor learns the primary objective's minimization value: negated accuracy
+            self.pretrained = make_predictor("mlp", self.seed, epochs=self.predictor_epochs).fit(
+                onehot(self.space, cands), -y, columns=onehot_columns(self.space, "arch"))
+        return self.pretrained
+
+    def fit_predictor(self):
+        """The primary objective's predictor fitted to the evaluated candidates: a fine-tuned copy of the
+        pre-trained one (``transfer``) or one trained from scratch."""
+        X, y = onehot(self.space, self.X), self.F[:, self.primary]
+        if self.transfer:
+            self.transfers += 1
+            return copy.deepcopy(self.pretrain()).transfer(np.arange(self.space.onehot_size), X, y)
+        kw = {"epochs": self.predictor_epochs} if self.predictor == "mlp" else {}
+        return make_predictor(self.predictor, self.seed, **kw).fit(X, y)
 
     def _models(self):
         """(primary index, cost index, fitness fn, cost fn) with cost from the cheap evaluator when possible."""
         X = onehot(self.space, self.X)
         F = self.F
-        model_idx = self.model_index
-        primary = model_idx[0] if model_idx else 0
-        kw = {"epochs": self.predictor_epochs} if self.predictor == "mlp" else {}
-        prim = make_predictor(self.predictor, self.seed, **kw).fit(X, F[:, primary])
+        primary = self.primary
+        prim = self.fit_predictor()
         cheap_idx = [i for i in self.cheap_index if i != primary]
         if cheap_idx:
             cost_i = cheap_idx[0]
