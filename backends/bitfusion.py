@@ -384,9 +384,9 @@ class BitFusionBackend(Backend):
                 "accelerator": self.config.model_dump(), "threads": self.threads}
 
     def bit_options(self) -> list[tuple[int, int]]:
-        """The (w_bits, a_bits) the accelerator executes natively: BitBrick multiples up to 8 bits."""
-        widths = [b for b in range(self.config.brick_bits, self.config.max_bits + 1, self.config.brick_bits)
-                  if self.config.max_bits % b == 0]
+        """The (w_bits, a_bits) the accelerator executes: BitBrick multiples up to 8 bits (6 bits at the 8-bit
+        rate, with 6-bit traffic)."""
+        widths = list(range(self.config.brick_bits, self.config.max_bits + 1, self.config.brick_bits))
         return [(w, a) for w in widths for a in widths]
 
     def compile(self, onnx_path: str | Path) -> Runner:

@@ -27,6 +27,9 @@ def _supernet_of(args: argparse.Namespace):
                           num_classes=args.num_classes).eval(), None
 
 
+PROFILE_DEFAULTS = {"threads": 1, "repeats": 60, "warmup": 10, "rounds": 3, "statistic": "p10"}
+
+
 def _target(name: str):
     from bitnas.api import TARGETS
 
@@ -37,6 +40,13 @@ def _cmd_profile(args: argparse.Namespace) -> int:
     from bitnas import ui
 
     supernet, project = _supernet_of(args)
+    # measurement settings not given on the command line: the project's (so search reuses the table), else
+    # the profiler's defaults
+    own = project.lut_settings() if project is not None else {}
+    for key, default in PROFILE_DEFAULTS.items():
+        if getattr(args, key) is None:
+            setattr(args, key, own.get(key, default))
+    blocks = (project.cfg.lut.blocks if project is not None else True) and not args.no_blocks
     target = _target(args.target or (project.cfg.target if project else "ort-cpu"))
     out = args.out
     if project is not None and out is None:
@@ -59,8 +69,8 @@ def _cmd_profile(args: argparse.Namespace) -> int:
         bundle_runtime(target.name)
         reduce_range = resolve_reduce_range({"auto": "auto", "on": True, "off": False}[args.reduce_range])
         bits = target_bits(target, supernet.space)
-        blocks = [] if args.no_blocks else fusion_units(supernet)
-        items = layer_items(supernet.all_layer_specs(), bits) + block_items(blocks, bits, args.blocks_mixed)
+        units = fusion_units(supernet) if blocks else []
+        items = layer_items(supernet.all_layer_specs(), bits) + block_items(units, bits, args.blocks_mixed)
         meas = {"warmup": args.warmup, "repeats": args.repeats, "rounds": args.rounds, "chunk": args.chunk,
                 "statistic": args.statistic, "batch": 1}
         with tempfile.TemporaryDirectory(prefix="bitnas-bundle-nets-") as tmp:
@@ -75,7 +85,7 @@ def _cmd_profile(args: argparse.Namespace) -> int:
         raise UserError("--out: where to write the LUT is required (or pass --project)")
     rr = {"auto": None, "on": True, "off": False}[args.reduce_range]
     profile_supernet(target, supernet, out, threads=args.threads, warmup=args.warmup, repeats=args.repeats,
-                     rounds=args.rounds, statistic=args.statistic, blocks=not args.no_blocks,
+                     rounds=args.rounds, statistic=args.statistic, blocks=blocks,
                      mixed_fraction=args.blocks_mixed, reduce_range=rr, model_dir=args.model_dir, chunk=args.chunk,
                      calibrate=args.calibrate, preset=args.preset)
     return 0
@@ -163,13 +173,16 @@ def register(sub) -> None:
     p.add_argument("--target", help="a target of 'bitnas targets' (default: the project's, else ort-cpu)")
     _space_args(p)
     p.add_argument("--out", help="LUT file to write (default with --project: its run folder's lut.json)")
-    p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--repeats", type=int, default=60, help="timed runs per model")
-    p.add_argument("--warmup", type=int, default=10)
-    p.add_argument("--rounds", type=int, default=3, help="interleaved passes the repeats are split into")
+    p.add_argument("--threads", type=int, help="intra-op threads (default: the project's lut.threads, else 1)")
+    p.add_argument("--repeats", type=int, help="timed runs per model (default: the project's, else 60)")
+    p.add_argument("--warmup", type=int, help="untimed runs per model (default: the project's, else 10)")
+    p.add_argument("--rounds", type=int, help="interleaved passes the repeats are split into (default: the "
+                                              "project's, else 3)")
     p.add_argument("--chunk", type=int, default=64, help="models measured (interleaved) per checkpoint")
-    p.add_argument("--statistic", default="p10", choices=["median", "p10", "mean"])
-    p.add_argument("--no-blocks", action="store_true", help="layers only (no fusion units)")
+    p.add_argument("--statistic", choices=["median", "p10", "mean"],
+                   help="statistic the table predicts with (default: the project's lut.statistic, else p10)")
+    p.add_argument("--no-blocks", action="store_true", help="layers only (no fusion units; default with "
+                                                            "--project: the project's lut.blocks)")
     p.add_argument("--blocks-mixed", type=float, default=0.15,
                    help="share of mixed-precision block policies measured whole (uniform ones always are)")
     p.add_argument("--reduce-range", default="auto", choices=["auto", "on", "off"])

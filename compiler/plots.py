@@ -58,3 +58,50 @@ def front_png(evals, front_ids: set[str], objectives: Sequence, title: str) -> b
     fig.savefig(buf, dpi=110, format="png")
     plt.close(fig)
     return buf.getvalue()
+
+
+def plot_front_bits(front, supernet, path: Path, title: str) -> None:
+    """``front_bits_png`` written atomically to ``path``."""
+    atomic_write_bytes(path, front_bits_png(front, supernet, title))
+
+
+def front_bits_png(front, supernet, title: str) -> bytes:
+    """Per-layer weight and activation bits of each front member (rows, in front order) over the layers of
+    the largest architecture (columns, forward order; a layer the member's architecture skips is blank), as
+    two heatmaps, as PNG bytes."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.colors import BoundaryNorm, ListedColormap
+
+    layers = [s.name for s in supernet.layers(supernet.space.largest()) if s.name in
+              {g.name for g in supernet.space.policy_genes}]
+    widths = sorted({b for g in supernet.space.policy_genes for o in g.options for b in o})
+    grids = np.full((2, max(len(front), 1), len(layers)), np.nan)
+    for r, e in enumerate(front):
+        active = {s.name: s.bits for s in supernet.layers(e.candidate)}
+        for c, name in enumerate(layers):
+            if name in active:
+                grids[0, r, c], grids[1, r, c] = active[name]
+    cmap = ListedColormap(plt.get_cmap("viridis")(np.linspace(0.1, 0.95, len(widths))))
+    cmap = cmap.with_extremes(bad="white")
+    edges = [widths[0] - 0.5] + [(a + b) / 2 for a, b in zip(widths, widths[1:])] + [widths[-1] + 0.5]
+    norm = BoundaryNorm(edges, cmap.N)
+    fig, axes = plt.subplots(1, 2, figsize=(max(8, 0.32 * len(layers) * 2 + 2), 1.2 + 0.3 * max(len(front), 1)),
+                             sharey=True)
+    for ax, grid, what in zip(axes, grids, ("weight bits", "activation bits")):
+        im = ax.imshow(np.ma.masked_invalid(grid), aspect="auto", cmap=cmap, norm=norm, interpolation="nearest")
+        ax.set_title(what, fontsize=9)
+        ax.set_xticks(range(len(layers)))
+        ax.set_xticklabels(layers, rotation=90, fontsize=6)
+    axes[0].set_yticks(range(len(front)))
+    axes[0].set_yticklabels([e.candidate.id[:8] for e in front], fontsize=6)
+    axes[0].set_ylabel("front member")
+    cb = fig.colorbar(im, ax=list(axes), ticks=widths, fraction=0.03)
+    cb.set_label("bits (32 = float)")
+    fig.suptitle(title, fontsize=9)
+    buf = io.BytesIO()
+    fig.savefig(buf, dpi=110, format="png", bbox_inches="tight")
+    plt.close(fig)
+    return buf.getvalue()

@@ -29,7 +29,7 @@ PROJECT_FILE = "project.yaml"
 
 DEFAULT_PASSES: tuple[Any, ...] = (
     "ExtractSubnet", "RecalibrateBn", "Qaft", "ExportOnnx", "AssignBitwidths", "IncStaticPtq", "SubByteWeights",
-    "Compact", "Verify", "Package",
+    "SubByteActivations", "Compact", "Verify", "Package",
 )
 
 
@@ -101,6 +101,25 @@ class LutSection(StrictModel):
     force: bool = Field(False, description="use a LUT measured on another device")
 
 
+class QaftSettings(StrictModel):
+    epochs: int = Field(1, ge=1, description="fine-tuning epochs over the training split per candidate (BOMP-NAS: 1)")
+    lr: float = Field(1e-3, gt=0.0, description="peak SGD learning rate (cosine decay)")
+
+
+class ExecutorSection(StrictModel):
+    kind: Literal["inprocess", "pool", "ray"] = Field("inprocess", description="where true evaluations run: in "
+                                                      "this process, a local process pool, or Ray")
+    workers: int = Field(2, ge=1, description="pool processes or Ray actors evaluating at once (inprocess: 1)")
+    address: str | None = Field(None, description="ray: address of a running cluster to join (e.g. "
+                                                  "'10.0.0.5:6379'); default: a local Ray on 127.0.0.1")
+
+    @model_validator(mode="after")
+    def _ray_address(self) -> ExecutorSection:
+        if self.address is not None and self.kind != "ray":
+            raise ValueError(f"'address' applies to kind ray, not '{self.kind}'")
+        return self
+
+
 class SearchSection(StrictModel):
     searcher: str = Field("nsga2", description="random, nsga2, evolution, linas, bo, edmips, or a plug-in")
     budget: int = Field(120, ge=1, description="true evaluations (distinct candidates)")
@@ -113,6 +132,21 @@ class SearchSection(StrictModel):
     calib_batches: int = Field(4, ge=1, description="train batches (of 64) that recalibrate BN and calibrate "
                                                     "activation ranges, in the search and in static PTQ alike")
     accuracy_reference: float = Field(0.5, ge=0.0, lt=1.0, description="accuracy at the hypervolume reference point")
+    executor: ExecutorSection = Field(ExecutorSection(), description="where true evaluations run: "
+                                                                     "{kind: inprocess|pool|ray, workers, address}")
+    evaluation: Literal["simulated", "inc-ptq", "qaft"] = Field(
+        "simulated", description="how a true evaluation measures accuracy: simulated (fake quantization of the "
+                                 "subnet), inc-ptq (Intel Neural Compressor static PTQ of its ONNX export, run on "
+                                 "ONNX Runtime: SimQ-NAS), qaft (quantization-aware fine-tuning at its bits, then "
+                                 "simulated: BOMP-NAS)")
+    qaft: QaftSettings | None = Field(None, description="evaluation qaft: fine-tuning per candidate (default: 1 "
+                                                        "epoch, lr 0.001)")
+
+    @model_validator(mode="after")
+    def _qaft_settings(self) -> SearchSection:
+        if self.qaft is not None and self.evaluation != "qaft":
+            raise ValueError(f"'qaft' settings apply to evaluation qaft, not '{self.evaluation}'")
+        return self
 
 
 class CompileSection(StrictModel):
@@ -183,6 +217,10 @@ class RunFolder:
         return self.root / "front.png"
 
     @property
+    def front_bits_png(self) -> Path:
+        return self.root / "front_bits.png"
+
+    @property
     def lut_validate(self) -> Path:
         return self.root / "lut_validate.json"
 
@@ -210,6 +248,10 @@ def space_bit_options(space) -> list[tuple[int, int]]:
 
 class Project:
     """A project config bound to its run folder; builds data, supernet, LUT and problem once each."""
+
+    # a search worker's project: it reads the run folder its parent (holding the lock) trained and profiled
+    # into, and neither takes the lock nor writes (a finished training checkpoint resumes without writing)
+    read_only = False
 
     def __init__(self, cfg: ProjectConfig, root: str | Path, source: str = "<project>", base: Path | None = None):
         from bitnas.api import SEARCHERS, TARGETS, Target
@@ -387,7 +429,8 @@ class Project:
         """The trained supernet: the configured checkpoint, the run folder's finished one, or trained now."""
         if self._supernet is not None:
             return self._supernet
-        self.writer()
+        if not self.read_only:
+            self.writer()
         import torch
 
         from bitnas.io import sha256_file
@@ -396,6 +439,9 @@ class Project:
         torch.manual_seed(self.cfg.seed)  # the initial weights: training is deterministic for a seed
         net = self.build_supernet()
         self.check_space_bits(net.space)
+        from bitnas.problem import check_evaluation
+
+        check_evaluation(net.space, self.cfg.search.evaluation, f"{self.source}: key 'search.evaluation'")
         shape = input_shape(net)
         t = self.cfg.train
         if t.checkpoint:
@@ -418,7 +464,8 @@ class Project:
             with ui.progress_bar(f"train supernet ({self.family.name}/{net.space.name})", t.epochs) as update:
                 trained = self.family.train(net, self.data(), settings, self.run.supernet,
                                             (lambda e, n, msg: update(e, msg)))
-            atomic_write_json(self.run.train_json, trained)
+            if not self.read_only:
+                atomic_write_json(self.run.train_json, trained)
             self._supernet_fp = str(trained["fingerprint"])
         net.eval()
         self._supernet = net
@@ -481,6 +528,8 @@ class Project:
                 ui.console.print(f"LUT: not reusing {path}: measured with other settings")
             except LutError as exc:
                 ui.console.print(f"LUT: not reusing {path}: {exc}")
+        if self.read_only:
+            raise UserError(f"{path}: a search worker found no usable LUT in the run folder (it profiles nothing)")
         lut = profile_supernet(self.target, supernet, path, **self.lut_settings())
         self._lut = (lut, path)
         return self._lut
@@ -493,7 +542,7 @@ class Project:
     def problem(self):
         """The search problem, with its identity (supernet, LUT file, data, calibration, objectives)."""
         from bitnas.io import sha256_file
-        from bitnas.problem import Problem, problem_id
+        from bitnas.problem import Problem, evaluation_id, problem_id
         from bitnas.supernets.evaluate import calibration_batches
 
         supernet = self.supernet()
@@ -502,13 +551,16 @@ class Project:
         s = self.cfg.search
         calib = calibration_batches(data, s.calib_batches, 64, self.cfg.seed)
         rr = self.reduce_range()
+        qaft = s.qaft or QaftSettings()
         ident = problem_id({"supernet": self.supernet_fingerprint, "lut_sha256": sha256_file(lut_path),
                             "data": data.name, "data_digest": data.digest(),  # two folders of one name differ
                             "calib_batches": s.calib_batches, "reduce_range": rr,
                             "objectives": [o.name for o in self.objectives],
-                            "space": supernet.space.name, "target": self.target.name})
+                            "space": supernet.space.name, "target": self.target.name,
+                            "evaluation": evaluation_id(s.evaluation, qaft.epochs, qaft.lr)})
         return Problem(supernet, data, lut, lut_path, calib, rr, self.objectives, dict(s.constraints), ident,
-                       s.accuracy_reference)
+                       s.accuracy_reference, evaluation=s.evaluation, qaft_epochs=qaft.epochs, qaft_lr=qaft.lr,
+                       seed=self.cfg.seed)
 
     def make_searcher(self, problem):
         s = self.cfg.search
@@ -528,7 +580,7 @@ class Project:
     def search(self, fresh_study: bool = False) -> dict[str, Any]:
         """Run the configured search into the run folder's study; the front as a table, JSON and a plot."""
         self.writer()
-        from bitnas.plots import plot_front
+        from bitnas.plots import plot_front, plot_front_bits
         from bitnas.problem import normalized_hv
         from bitnas.searchers import Study, non_dominated, run_search
 
@@ -557,7 +609,10 @@ class Project:
                 history.append({"evaluations": n, "front_size": front, "hypervolume": hv})
                 update(n, f"front {front} hv {hv:.4f}")
 
-            evals = run_search(searcher, problem.evaluate, s.budget, study, progress)
+            from bitnas.searchers.executor import project_executor
+
+            with project_executor(self, problem) as executor:  # search.executor: in-process, a pool, Ray
+                evals = run_search(searcher, problem.evaluate, s.budget, study, progress, executor=executor)
         F = np.array([problem.minimization(e.objectives) for e in evals]).reshape(len(evals), len(self.objectives))
         feasible = np.array([problem.feasible(e.objectives) for e in evals], bool)
         mask = np.zeros(len(evals), bool)
@@ -569,17 +624,20 @@ class Project:
         study.export_json(self.run.search_json, self.objectives, front_ids)
         study.close()
         names = [o.name for o in self.objectives]
+        sub_byte = any(o not in ((32, 32), (8, 8)) for g in problem.space.policy_genes for o in g.options)
         ui.show(ui.table(f"Pareto front ({len(front)} of {len(evals)} evaluated, {s.searcher}; * = knee)",
-                         ["id", *names, "INT8 layers"],
+                         ["id", *names, "layers W/A bits" if sub_byte else "INT8 layers"],
                          [[("* " if knee_of(front, problem) is e else "  ") + e.candidate.id,
                            *[e.objectives[n] for n in names], quantized_share(problem.supernet, e.candidate)]
                           for e in front]))
-        plot_front(evals, front_ids, self.run.front_png, self.objectives,
-                   f"bitnas search: {self.family.name}/{problem.space.name} on {self.target.name}, {s.searcher}")
+        title = f"bitnas search: {self.family.name}/{problem.space.name} on {self.target.name}, {s.searcher}"
+        plot_front(evals, front_ids, self.run.front_png, self.objectives, title)
+        if problem.space.policy_genes and front:
+            plot_front_bits(front, problem.supernet, self.run.front_bits_png, title + ": bits of the front")
         hv = normalized_hv(F, ideal, ref) if len(F) else 0.0
         summary = {"searcher": s.searcher, "evaluations": len(evals), "front_size": len(front), "hypervolume": hv,
                    "history": history, "study": str(study_path), "search_json": str(self.run.search_json),
-                   "plot": str(self.run.front_png), "objectives": names,
+                   "plot": str(self.run.front_png), "bits_plot": str(self.run.front_bits_png), "objectives": names,
                    "constraint_violations": [e.candidate.id for e, ok in zip(evals, feasible) if not ok],
                    "front": [{"id": e.candidate.id, **e.objectives} for e in front]}
         ui.console.print(f"search: {len(evals)} evaluations, front {len(front)}, hypervolume {hv:.4f}; plot "
@@ -674,6 +732,11 @@ class Project:
             predicted.setdefault("latency_ms", pred["latency_ms"])
             if "energy_mj" in pred:
                 predicted.setdefault("energy_mj", pred["energy_mj"])
+            if self.target.simulated:  # the accelerator model's own figures, summed over the layers
+                for key in ("cycles", "stall_cycles", "energy_core_mj", "energy_buffer_mj", "energy_dram_mj"):
+                    vals = [lut.entries.get(s.key, {}).get(key) for s in layers]
+                    if vals and all(isinstance(v, (int, float)) for v in vals):
+                        predicted[key] = float(sum(vals))
             predicted.setdefault("size_bytes", float(sum(s.size_bytes for s in layers)))
             predicted["accuracy_float_subnet"] = accuracy(prepare_subnet(supernet, cand, calib), data)
             folder = out_root / cand.id
@@ -734,9 +797,15 @@ def knee_of(front: list, problem) -> Any:
 
 
 def quantized_share(supernet, candidate) -> str:
+    """"6/12" (quantized of all layers) for an INT8/FP32 space; else how many layers run at each W/A bits."""
     layers = supernet.layers(candidate)
     q = [s for s in layers if s.w_bits < 32]
-    return f"{len(q)}/{len(layers)}"
+    if all(s.bits in ((32, 32), (8, 8)) for s in layers):
+        return f"{len(q)}/{len(layers)}"
+    from collections import Counter
+
+    counts = Counter(s.bits for s in q)
+    return " ".join(f"W{w}A{a}:{n}" for (w, a), n in sorted(counts.items(), reverse=True))
 
 
 def read_candidate_file(path: Path) -> dict[str, Any]:

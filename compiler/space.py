@@ -206,15 +206,22 @@ class LayerSpec:
         return self.weight_count * self.out_hw * self.out_hw
 
     @property
+    def stored_w_bits(self) -> int:
+        """Bits a weight takes in the artifact: 2-4-bit weights packed as INT4, 5-7-bit ones as INT8."""
+        if self.w_bits <= 4:
+            return 4
+        return 8 if self.w_bits < 8 else self.w_bits
+
+    @property
     def size_bytes(self) -> float:
-        """Weights at ``w_bits`` plus a float32 bias per output channel."""
+        """Weights as the artifact stores them (``stored_w_bits``) plus a float32 bias per output channel."""
         if self.op in ("attention", "maxpool", "avgpool"):
             return 0.0
         if self.op == "se":
-            return self.weight_count * self.w_bits / 8.0 + (self.cin + self.cout) * 4
+            return self.weight_count * self.stored_w_bits / 8.0 + (self.cin + self.cout) * 4
         if self.op == "layernorm":
             return self.weight_count * 4.0
-        return self.weight_count * self.w_bits / 8.0 + self.cout * 4
+        return self.weight_count * self.stored_w_bits / 8.0 + self.cout * 4
 
     def with_bits(self, bits: Bits) -> LayerSpec:
         return LayerSpec(

@@ -7,7 +7,8 @@ from bitnas.passes.inc_ptq import IncStaticPtq, OrtStaticPtq
 from bitnas.passes.package import Compact, Package
 from bitnas.passes.qaft import Qaft
 from bitnas.passes.subbyte import SubByteWeights
+from bitnas.passes.subbyte_act import SubByteActivations
 from bitnas.passes.verify import Verify
 
 __all__ = ["AssignBitwidths", "Compact", "ExportOnnx", "ExtractSubnet", "IncStaticPtq", "OnnxModel", "OrtStaticPtq", "Package",
-           "Qaft", "RecalibrateBn", "SubByteWeights", "Verify"]
+           "Qaft", "RecalibrateBn", "SubByteActivations", "SubByteWeights", "Verify"]

@@ -71,6 +71,25 @@ class Compact(Pass):
         return OnnxModel(path=out, layers=model.layers, float_path=model.float_path)
 
 
+def stored_parameter_bytes(path: Path) -> int:
+    """Bytes the Conv/Gemm weights and biases of the ONNX model at ``path`` take as stored (packed INT4
+    counted as stored): what the search's ``size_bytes`` predicts."""
+    model = onnx.load(str(path), load_external_data=False)
+    inits = {t.name: t for t in model.graph.initializer}
+    producers = {o: n for n in model.graph.node for o in n.output}
+
+    def stored(name: str) -> int:
+        seen = 0
+        while name not in inits and name in producers and seen < 4:  # through Cast and DequantizeLinear
+            name, seen = producers[name].input[0], seen + 1
+        t = inits.get(name)
+        return len(t.raw_data) if t is not None and t.raw_data else (
+            onnx.numpy_helper.to_array(t).nbytes if t is not None else 0)
+
+    return sum(stored(n.input[i]) for n in model.graph.node if n.op_type in QUANT_OPS
+               for i in (1, 2) if len(n.input) > i and n.input[i])
+
+
 class Package(Pass):
     """Write ``model.onnx`` and ``manifest.json`` atomically into the artifact folder. The model must be the
     very file Verify measured (when the pipeline verified it): the manifest's figures are of what ships."""
@@ -87,6 +106,10 @@ class Package(Pass):
             raise UserError(f"{self.name}: {model.path} is not the model Verify measured (a pass after Verify "
                             "changed it); put Verify right before Package, so the manifest's figures are of "
                             "the file that ships")
+        narrow = (ctx.results.get("quantization") or {}).get("activations_below_8_bits")
+        if narrow and "activation_storage" not in ctx.results:
+            raise UserError(f"{self.name}: layer(s) {narrow[:3]} ask for activations below 8 bits, which the static "
+                            "quantizer wrote at 8; put SubByteActivations after the PTQ pass")
         candidate = ctx.need("candidate", self.name)
         chosen = self.config.out or ctx.results.get("artifact_dir") or "artifact"
         out = Path(chosen)
@@ -101,8 +124,11 @@ class Package(Pass):
             "lut": r.get("lut", {}),
             "predicted": r.get("predicted", {}),
             "measured": r.get("measured", {}),
-            "quantization": r.get("quantization", {}),
+            "quantization": {**r.get("quantization", {}),
+                             **({"weight_storage": r["weight_storage"]} if "weight_storage" in r else {}),
+                             **({"activation_storage": r["activation_storage"]} if "activation_storage" in r else {})},
             "size_bytes_on_disk": model.path.stat().st_size,
+            "parameter_bytes": stored_parameter_bytes(model.path),  # the search's size_bytes, as stored
             "size_bytes_on_disk_fp32": model.float_path.stat().st_size if model.float_path else None,
             "model": {"file": MODEL_FILE, "input": "input", "output": "logits", "layers": model.layers},
             # how a raw image becomes the model's input (what `bitnas run --image` applies); None if unknown

@@ -23,17 +23,24 @@ from bitnas.io import atomic_write_bytes
 from bitnas.passes.assign_bits import layer_bits_of, set_layer_bits
 from bitnas.passes.export_onnx import QUANT_OPS, OnnxModel
 from bitnas.pipeline import Pass, PassContext
+from bitnas.supernets.quant import stored_scale
 
 INT4_OPSET = 21
 # runtimes whose ONNX import reads INT4 weights (TVM's frontend fails on the packed tensor)
 INT4_RUNTIMES = {"ort", "openvino"}
 
 
-def _float_weights(path) -> dict[str, np.ndarray]:
+def float_params(path) -> dict[str, tuple[np.ndarray, np.ndarray | None]]:
+    """(weight, bias or None) of every Conv/Gemm of the float export at ``path``, by node name."""
     model = onnx.load(str(path))
     inits = {t.name: t for t in model.graph.initializer}
-    return {n.name: numpy_helper.to_array(inits[n.input[1]]) for n in model.graph.node
-            if n.op_type in QUANT_OPS and n.input[1] in inits}
+    out = {}
+    for n in model.graph.node:
+        if n.op_type in QUANT_OPS and n.input[1] in inits:
+            b = n.input[2] if len(n.input) > 2 else ""
+            out[n.name] = (numpy_helper.to_array(inits[n.input[1]]),
+                           numpy_helper.to_array(inits[b]) if b in inits else None)
+    return out
 
 
 def requantize(w: np.ndarray, bits: int) -> tuple[np.ndarray, np.ndarray]:
@@ -44,7 +51,7 @@ def requantize(w: np.ndarray, bits: int) -> tuple[np.ndarray, np.ndarray]:
     """
     qmax = 2 ** (bits - 1) - 1
     amax = np.maximum(np.abs(w.reshape(w.shape[0], -1)).max(axis=1), 1e-12).astype(np.float32)
-    scale = (amax / qmax).astype(np.float16 if bits < 8 else np.float32).astype(np.float32)
+    scale = stored_scale(amax / np.float32(qmax), bits)
     q = np.clip(np.rint(w / scale.reshape(-1, *([1] * (w.ndim - 1)))), -qmax, qmax).astype(np.int8)
     return q, scale
 
@@ -70,7 +77,9 @@ class SubByteWeights(Pass):
             atomic_write_bytes(dst, model.path.read_bytes())
             return OnnxModel(path=dst, layers=model.layers, float_path=model.float_path)
         onnx_model = onnx.load(str(model.path))
-        floats = _float_weights(model.float_path)
+        params = float_params(model.float_path)
+        floats = {k: w for k, (w, _) in params.items()}
+        biases = {k: b for k, (_, b) in params.items() if b is not None}
         graph = onnx_model.graph
         inits = {t.name: t for t in graph.initializer}
         producers = {o: n for n in graph.node for o in n.output}
@@ -108,8 +117,10 @@ class SubByteWeights(Pass):
                 if bdq is not None and bdq.op_type == "DequantizeLinear":
                     # no runtime fuses a sub-byte conv into an integer kernel, so the bias needs no INT32
                     # form: store it in float and save its per-channel scale
-                    b = (numpy_helper.to_array(inits[bdq.input[0]]).astype(np.float64)
-                         * numpy_helper.to_array(inits[bdq.input[1]]).astype(np.float64)).astype(np.float32)
+                    b = biases.get(node.name)  # the export's own, as the simulation keeps it
+                    if b is None:
+                        b = (numpy_helper.to_array(inits[bdq.input[0]]).astype(np.float64)
+                             * numpy_helper.to_array(inits[bdq.input[1]]).astype(np.float64)).astype(np.float32)
                     taken = {t.name for t in graph.initializer} | {o for n in graph.node for o in n.output}
                     b_name, k = f"{node.name}.bias_f32", 0
                     while b_name in taken:

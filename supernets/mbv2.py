@@ -8,7 +8,7 @@ drives the supernet's forward pass, ``extract``, and ``layers`` (the LUT query),
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -328,6 +328,25 @@ def mbv2_tiny(in_channels: int = 1, image_size: int = 32, num_classes: int = 10,
     )
 
 
+# BitFusion's native widths (BitBricks of 2 bits fused to 4 and 8) for weights and activations; APQ's {4, 6, 8}
+BITFUSION_BITS: tuple[Bits, ...] = tuple((w, a) for w in (2, 4, 8) for a in (2, 4, 8))
+APQ_BITS: tuple[Bits, ...] = tuple((w, a) for w in (4, 6, 8) for a in (4, 6, 8))
+
+
+def bitfusion_mbv2_tiny(in_channels: int = 1, image_size: int = 32, num_classes: int = 10) -> MBV2Def:
+    """The demo space's shape for the BitFusion accelerator: W and A in {2, 4, 8} per layer, no float."""
+    return replace(mbv2_tiny(in_channels, image_size, num_classes, BITFUSION_BITS), name="bitfusion-mbv2-tiny",
+                   description="mbv2-tiny's architecture for a bit-flexible accelerator (BitFusion): per "
+                               "quantizable layer W and A bits in {2,4,8}, no float layer")
+
+
+def apq_mbv2_tiny(in_channels: int = 1, image_size: int = 32, num_classes: int = 10) -> MBV2Def:
+    """The demo space's shape with APQ's per-layer W and A bits {4, 6, 8}, no float."""
+    return replace(mbv2_tiny(in_channels, image_size, num_classes, APQ_BITS), name="apq-mbv2-tiny",
+                   description="mbv2-tiny's architecture with APQ's per-layer W and A bits in {4,6,8}, no float "
+                               "layer (BitFusion)")
+
+
 def all_blocks(d: Any) -> list[tuple[LayerSpec, LayerSpec, LayerSpec]]:
     """Every distinct float inverted-residual block (expand, depthwise, project) of an MBV2Def space."""
     seen: dict[tuple[str, ...], tuple[LayerSpec, LayerSpec, LayerSpec]] = {}
@@ -356,7 +375,8 @@ def all_blocks(d: Any) -> list[tuple[LayerSpec, LayerSpec, LayerSpec]]:
 def _register() -> None:
     from bitnas.supernets.families import BuiltinFamily, register_family, sandwich_train
 
-    register_family(BuiltinFamily("mbv2", MBV2Supernet, {"mbv2-tiny": mbv2_tiny}, sandwich_train,
+    register_family(BuiltinFamily("mbv2", MBV2Supernet, {"mbv2-tiny": mbv2_tiny, "bitfusion-mbv2-tiny": bitfusion_mbv2_tiny,
+                                                        "apq-mbv2-tiny": apq_mbv2_tiny}, sandwich_train,
                                   "elastic MobileNetV2 (once-for-all, APQ)"))
 
 

@@ -9,6 +9,7 @@ pairs (a layer's output after its fused ReLU/Clip).
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -18,11 +19,29 @@ def weight_qmax(bits: int, reduce_range: bool = False) -> int:
     return 2 ** (eff - 1) - 1
 
 
+def stored_scale(scale: np.ndarray, bits: int) -> np.ndarray:
+    """A sub-byte weight scale as the artifact stores it: half precision, with few enough significant bits
+    that every ``q * scale`` (|q| <= 2**(bits-1)-1) is exact in half precision too.
+
+    ONNX Runtime multiplies a packed weight by its half-precision scale in half precision, OpenVINO in
+    single: with such a scale both get the very weights the simulation uses.
+    """
+    scale = np.asarray(scale, np.float32)
+    if bits >= 8:
+        return scale
+    mant_bits = 11 - int(np.ceil(np.log2(2 ** (bits - 1))))  # 11 significant bits in float16, less q's
+    m, e = np.frexp(scale.astype(np.float64))
+    rounded = np.ldexp(np.round(m * 2.0 ** mant_bits) / 2.0 ** mant_bits, e)
+    return rounded.astype(np.float16).astype(np.float32)
+
+
 def weight_scale(w: torch.Tensor, bits: int, reduce_range: bool = False) -> torch.Tensor:
-    """Per-output-channel symmetric scale, shape ``(C,)``; below 8 bits rounded to half precision as stored."""
+    """Per-output-channel symmetric scale, shape ``(C,)``; below 8 bits as stored (``stored_scale``)."""
     amax = w.detach().abs().reshape(w.shape[0], -1).amax(dim=1).clamp_min(1e-12)
     scale = amax / weight_qmax(bits, reduce_range)
-    return scale.half().float() if bits < 8 else scale
+    if bits >= 8:
+        return scale
+    return torch.from_numpy(stored_scale(scale.cpu().numpy(), bits)).to(scale.device)
 
 
 def fake_quant_weight(w: torch.Tensor, bits: int, reduce_range: bool = False) -> torch.Tensor:

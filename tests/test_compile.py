@@ -216,10 +216,10 @@ def test_ptq_refuses_bits_it_cannot_run(trained, digits, tmp_path):
     names = [s.name for s in trained.layers(c)]
     space_bits = {n: (8, 8) for n in names}
     cand = trained.space.make(c.arch_dict, space_bits)
-    object.__setattr__(cand, "policy", tuple(sorted({**space_bits, names[2]: (4, 4)}.items())))
+    object.__setattr__(cand, "policy", tuple(sorted({**space_bits, names[2]: (16, 8)}.items())))
     ctx = PassContext(workdir=tmp_path, inputs={"data": digits, "candidate": cand})
     model = AssignBitwidths().run(ExportOnnx().run(trained.extract(c), ctx), ctx)
-    with pytest.raises(UserError, match=f"layer '{names[2]}' asks for W4A4"):
+    with pytest.raises(UserError, match=f"layer '{names[2]}' asks for W16A8"):
         IncStaticPtq().run(model, ctx)
 
 

@@ -40,17 +40,17 @@ def test_pool_and_ray_give_the_in_process_study(tmp_path, capsys, demo_run):
     rebuild the problem from the project while the parent holds the run folder's lock."""
     ray = pytest.importorskip("ray")
     _, demo = demo_run
-    base = {"searcher": "nsga2", "budget": 8, "pop_size": 4, "seed": 3, "calib_batches": 1}
+    base = {"searcher": "nsga2", "budget": 6, "pop_size": 3, "seed": 3, "calib_batches": 1}  # two generations
     studies = {}
     for kind in ("inprocess", "pool", "ray"):
         folder = tmp_path / kind
         path = cli_search._project(folder, demo, **base, executor={"kind": kind, "workers": 2})
         assert main(["search", "--project", str(path), "--json"]) == 0, capsys.readouterr().err
         summary = json.loads(capsys.readouterr().out)
-        assert summary["evaluations"] == 8 and len(summary["history"]) == 8
+        assert summary["evaluations"] == 6 and len(summary["history"]) == 6
         studies[kind] = _study(folder)
         assert not ray.is_initialized()  # the local Ray it started is shut down
-    assert len(studies["inprocess"]) == 8
+    assert len(studies["inprocess"]) == 6
     assert studies["pool"] == studies["inprocess"]
     assert studies["ray"] == studies["inprocess"]
 
