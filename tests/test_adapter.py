@@ -192,6 +192,7 @@ def test_a_plain_pytorch_supernet_goes_to_a_verified_artifact(tmp_path, capsys):
     run.mkdir()
     cfg = {"seed": 0, "family": {"name": REF, "space": "plainnet"}, "data": {"image_size": 16},
            "train": {"init": str(tmp_path / "weights.pt"), "epochs": 0},
+           "lut": {"blocks": True, "warmup": 1, "repeats": 5, "rounds": 1},  # what profile measures by default
            "search": {"searcher": "random", "budget": 4, "pop_size": 4, "calib_batches": 1},
            "compile": {"passes": quick_compile_passes(["ort", "openvino"], 20)}}
     (run / "project.yaml").write_text(yaml.safe_dump(cfg))
@@ -201,10 +202,13 @@ def test_a_plain_pytorch_supernet_goes_to_a_verified_artifact(tmp_path, capsys):
     torch.save(user.state_dict(), tmp_path / "weights.pt")
 
     assert main(["train", "--project", str(run)]) == 0
-    assert main(["profile", "--project", str(run), "--repeats", "5", "--rounds", "1", "--warmup", "1"]) == 0
-    lut = json.loads((run / "lut.json").read_text())
+    assert main(["profile", "--project", str(run)]) == 0
+    measured = (run / "lut.json").read_bytes()
+    lut = json.loads(measured)
     assert lut["space"] == "plainnet" and lut["blocks"]  # its blocks (conv1, conv2 of one module) measured whole
+    assert lut["measurement"]["statistic"] == "median" and lut["measurement"]["repeats"] == 5
     assert main(["search", "--project", str(run)]) == 0
+    assert (run / "lut.json").read_bytes() == measured  # profiled with the project's settings: reused as it is
     assert main(["compile", "--project", str(run), "--pick", "knee"]) == 0
     (art,) = list((run / "artifacts").iterdir())
     man = json.loads((art / "manifest.json").read_text())
