@@ -225,16 +225,22 @@ def reduce_weight_range(model: onnx.ModelProto, float_path: Path) -> int:
 
     Intel Neural Compressor's static quantizer does not pass ``reduce_range`` on to the weights, so on a CPU
     without VNNI its weights would use all 8 bits while the simulated quantizer (and the integer kernels'
-    saturation-free range) use 7; ONNX Runtime's quantizer reduces to +-64, one level more than +-63. Each such weight is re-quantized from the float export per channel at
-    +-63 with a float32 scale, and its INT32 bias to the new ``input scale x weight scale``.
+    saturation-free range) use 7; ONNX Runtime's quantizer reduces to +-64, one level more than +-63. Each
+    such weight is re-quantized from the float export as the simulation quantizes it, and its INT32 bias to
+    the new ``input scale x weight scale``.
     """
     from onnx import numpy_helper
 
-    from bitnas.passes.subbyte import float_params
+    from bitnas.passes.subbyte import float_params, int32_bias, requantize
 
     floats = float_params(float_path)
     inits = {t.name: t for t in model.graph.initializer}
     producers = {o: n for n in model.graph.node for o in n.output}
+
+    def replace(name: str, value: np.ndarray) -> None:
+        shape = numpy_helper.to_array(inits[name]).shape
+        inits[name].CopyFrom(numpy_helper.from_array(value.reshape(shape), name))
+
     changed = 0
     for node in model.graph.node:
         if node.op_type not in QUANT_OPS or len(node.input) < 2 or node.name not in floats:
@@ -250,30 +256,24 @@ def reduce_weight_range(model: onnx.ModelProto, float_path: Path) -> int:
         if w.shape != q.shape or axis != 0:
             raise InternalError(f"layer '{node.name}': weight {q.shape} quantized along axis {axis}; reduce_range "
                                 "expects per-output-channel weights along axis 0")
-        amax = np.maximum(np.abs(w.reshape(w.shape[0], -1)).max(axis=1), 1e-12).astype(np.float32)
-        scale = (amax / np.float32(63)).astype(np.float32)
-        new_q = np.clip(np.rint(w / scale.reshape(-1, *([1] * (w.ndim - 1)))), -63, 63).astype(np.int8)
-        inits[wdq.input[0]].CopyFrom(numpy_helper.from_array(new_q.reshape(q.shape), wdq.input[0]))
-        old_scale = numpy_helper.to_array(inits[wdq.input[1]])
-        inits[wdq.input[1]].CopyFrom(numpy_helper.from_array(scale.reshape(old_scale.shape), wdq.input[1]))
+        new_q, scale = requantize(w, 8, reduce_range=True)
+        replace(wdq.input[0], new_q)
+        replace(wdq.input[1], scale)
         if len(node.input) > 2 and node.input[2]:
             bdq, xdq = producers.get(node.input[2]), producers.get(node.input[0])
             if (bdq is not None and bdq.op_type == "DequantizeLinear" and xdq is not None
                     and xdq.op_type == "DequantizeLinear" and bdq.input[0] in inits):
-                b = bias if bias is not None else (numpy_helper.to_array(inits[bdq.input[0]]).astype(np.float64)
-                                                   * numpy_helper.to_array(inits[bdq.input[1]]))
-                x_scale = numpy_helper.to_array(inits[xdq.input[1]]).reshape(-1)[0].astype(np.float32)
-                b_scale = np.maximum(x_scale * scale, np.float32(1e-12)).astype(np.float32)
-                bq = np.rint(b.astype(np.float32) / b_scale).astype(np.int32)
-                old_b = numpy_helper.to_array(inits[bdq.input[1]])
-                inits[bdq.input[0]].CopyFrom(numpy_helper.from_array(bq, bdq.input[0]))
-                inits[bdq.input[1]].CopyFrom(numpy_helper.from_array(b_scale.reshape(old_b.shape), bdq.input[1]))
+                if bias is None:
+                    bias = numpy_helper.to_array(inits[bdq.input[0]]) * numpy_helper.to_array(inits[bdq.input[1]])
+                bq, b_scale = int32_bias(bias, numpy_helper.to_array(inits[xdq.input[1]]).reshape(-1)[0], scale)
+                replace(bdq.input[0], bq)
+                replace(bdq.input[1], b_scale)
         changed += 1
     return changed
 
 
 class StaticPtq(Pass):
-    """Static PTQ of the layers whose graph bits are W<=8/A8; float elsewhere. Engines subclass it."""
+    """Static PTQ of the layers whose graph bits are W2-8/A2-8; float elsewhere. Engines subclass it."""
 
     engine: str = ""
     registered = False

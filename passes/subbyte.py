@@ -23,7 +23,7 @@ from bitnas.io import atomic_write_bytes
 from bitnas.passes.assign_bits import layer_bits_of, set_layer_bits
 from bitnas.passes.export_onnx import QUANT_OPS, OnnxModel
 from bitnas.pipeline import Pass, PassContext
-from bitnas.supernets.quant import stored_scale
+from bitnas.supernets.quant import stored_scale, weight_qmax
 
 INT4_OPSET = 21
 # runtimes whose ONNX import reads INT4 weights (TVM's frontend fails on the packed tensor)
@@ -43,17 +43,24 @@ def float_params(path) -> dict[str, tuple[np.ndarray, np.ndarray | None]]:
     return out
 
 
-def requantize(w: np.ndarray, bits: int) -> tuple[np.ndarray, np.ndarray]:
+def requantize(w: np.ndarray, bits: int, reduce_range: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """Per-output-channel symmetric quantization of ``w`` at ``bits``: (int values, scales).
 
-    Below 8 bits the scales are rounded to half precision, as they are stored, and as the simulated
-    quantizer rounds them.
+    Below 8 bits the scales are rounded as they are stored, and as the simulated quantizer rounds them
+    (``stored_scale``); ``reduce_range`` narrows 8 bits to +-63, as the simulated quantizer does.
     """
-    qmax = 2 ** (bits - 1) - 1
+    qmax = weight_qmax(bits, reduce_range)
     amax = np.maximum(np.abs(w.reshape(w.shape[0], -1)).max(axis=1), 1e-12).astype(np.float32)
     scale = stored_scale(amax / np.float32(qmax), bits)
     q = np.clip(np.rint(w / scale.reshape(-1, *([1] * (w.ndim - 1)))), -qmax, qmax).astype(np.int8)
     return q, scale
+
+
+def int32_bias(bias: np.ndarray, in_scale: float, w_scale: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The INT32 bias (values, per-channel scales) at ``in_scale x w_scale``, rounded once from the float
+    ``bias`` as the simulated quantizer rounds it (``fake_quant_bias``)."""
+    scale = np.maximum(np.float32(in_scale) * np.asarray(w_scale, np.float32), np.float32(1e-12)).astype(np.float32)
+    return np.rint(np.asarray(bias, np.float32) / scale).astype(np.int32), scale
 
 
 class SubByteWeights(Pass):

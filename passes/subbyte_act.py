@@ -23,7 +23,7 @@ from bitnas.errors import InternalError
 from bitnas.io import atomic_write_bytes
 from bitnas.passes.assign_bits import layer_bits_of, set_layer_bits
 from bitnas.passes.export_onnx import QUANT_OPS, OnnxModel
-from bitnas.passes.subbyte import _drop_unused, float_params
+from bitnas.passes.subbyte import _drop_unused, float_params, int32_bias
 from bitnas.pipeline import Pass, PassContext
 from bitnas.supernets.evaluate import calibration_batches
 from bitnas.supernets.static import quantize_net
@@ -134,9 +134,7 @@ def _requantize_bias(G: _Graph, node: onnx.NodeProto, in_scale: float, bias: np.
         return
     if bias is None:
         bias = G.array(bdq.input[0]).astype(np.float64) * G.array(bdq.input[1]).astype(np.float64)
-    w_scale = G.array(wdq.input[1]).astype(np.float32)
-    scale = np.maximum(np.float32(in_scale) * w_scale, np.float32(1e-12)).astype(np.float32)
-    q = np.rint(bias.astype(np.float32) / scale).astype(np.int32)
+    q, scale = int32_bias(bias, in_scale, G.array(wdq.input[1]))
     qn = G.name(f"{node.name}.bias_q")
     sn = G.name(f"{node.name}.bias_scale")
     G.g.initializer.extend([numpy_helper.from_array(q, qn), numpy_helper.from_array(scale, sn)])
