@@ -12,6 +12,24 @@ normalized by the all-float cost (eq. 6), where a layer's cost is a function of 
 result is discretized by winner-take-all (eq. 18) or by the most frequent outcome of ``trials`` multinomial
 draws (eq. 19), restricted to the (w_bits, a_bits) pairs the space allows for the layer.
 
+Weights. By default (``weight_steps=0``, ``lr_weights=0``) the composite network's weights stay the
+inherited ones and only alpha and beta learn. ``lr_weights > 0`` alone trains the shared weights (eq. 16)
+together with alpha and beta in one forward-backward pass on the same batch (the paper's default, sec. 4.6).
+``weight_steps > 0`` (with ``lr_weights > 0``) is the paper's alternating optimization: before each alpha/beta
+update, ``weight_steps`` updates of the shared weights with alpha and beta fixed (cross-entropy on the
+weight split), then one alpha/beta update with the weights fixed (cross-entropy plus the cost term on the
+held-out split). Both splits come from the data's train split, a fixed ``holdout_ratio`` share of it (drawn
+from ``seed``) held out for alpha and beta; the val split is never read here, as the true evaluation measures
+accuracy on it. The weights keep training through the whole eta sweep (warm-started like alpha and beta),
+quantized through the composite layers, so at low bits they adapt to the mixed quantizers the sweep is
+choosing between; activation ranges stay the ones calibrated on the inherited float weights.
+
+The weights trained inside a sweep are this searcher's internal proxy only: they rank bit choices and are
+dropped when the sweep ends (the supernet is never written). The true evaluation the driver runs on each
+discretized candidate is the project's (``search.evaluation``): the candidate's subnet with the supernet's
+inherited weights (BatchNorm recalibrated), quantized at its policy, and measured on the val split
+(simulated quantization, the compiled model, or after QAFT), exactly as for any other searcher's candidates.
+
 How it fits the ask/tell driver: one ``ask`` runs the sweep for one architecture and asks the distinct,
 feasible discretized policies (one candidate per eta); ``tell`` records their true objectives. The first
 ask uses the largest architecture (``start="largest"``) or a random one, later ones alternate between mutations of the evaluated front's
@@ -125,6 +143,48 @@ def _interp(x: torch.Tensor, knots: Sequence[tuple[float, float]]) -> torch.Tens
     return y
 
 
+def _trainable(on: Sequence[torch.Tensor], off: Sequence[torch.Tensor]) -> None:
+    for p in on:
+        p.requires_grad_(True)
+    for p in off:
+        p.requires_grad_(False)
+
+
+def _endless(data: Any, split: str, batch: int, rng: np.random.Generator):
+    """Shuffled batches of ``split``, reshuffled at the end of each pass, for ever."""
+    while True:
+        empty = True
+        for xy in data.batches(split, batch, rng):
+            empty = False
+            yield xy
+        if empty:
+            raise ConfigError(f"edmips: the {split} split holds no images")
+
+
+def holdout_split(data: Any, ratio: float, seed: int) -> Any:
+    """A data set of ``data``'s train split only: ``ratio`` of it (a seeded draw) as its ``val`` split, the
+    rest as its ``train`` split. ``data`` is an in-memory ``Dataset`` or an ``ImageFolderDataset``."""
+    from bitnas.supernets.data import Dataset, ImageFolderDataset
+
+    n = data.count("train")
+    if n < 2:
+        raise ConfigError(f"edmips: alternating training splits the train split in two; it holds {n} image(s)")
+    perm = np.random.default_rng([seed, 104729]).permutation(n)
+    k = min(max(int(round(ratio * n)), 1), n - 1)
+    held, kept = np.sort(perm[:k]), np.sort(perm[k:])
+    if isinstance(data, Dataset):
+        return Dataset(f"{data.name}[train split]", data.x_train[kept], data.y_train[kept], data.x_train[held],
+                       data.y_train[held], data.num_classes, data.preprocess)
+    if isinstance(data, ImageFolderDataset):
+        files, labels = [str(f) for f in data.files("train")], data.labels("train")
+        return ImageFolderDataset(f"{data.name}[train split]", data.root,
+                                  {"train": [files[i] for i in kept], "val": [files[i] for i in held]},
+                                  {"train": labels[kept], "val": labels[held]}, data.classes, data.preprocess,
+                                  data.workers)
+    raise ConfigError(f"edmips: alternating training (weight_steps > 0) needs an in-memory or image-folder data "
+                      f"set to hold part of its train split out; {type(data).__name__} is neither")
+
+
 class EdmipsSearcher(HistorySearcher):
     """EdMIPS bit search on supernet sub-networks; one eta sweep (a small front) per ask."""
 
@@ -136,9 +196,9 @@ class EdmipsSearcher(HistorySearcher):
                  pop_size: int = 20, batch_size: int | None = None, supernet: Any = None, data: Any = None,
                  lut: Any = None, cost: Literal["latency", "bitops"] = "latency",
                  etas: Sequence[float] = (0.0, 0.1, 0.3, 1.0, 3.0), steps: int = 20, warm_steps: int = 8,
-                 batch: int = 32, lr: float = 0.1, lr_weights: float = 0.0,
-                 discretize: Literal["wta", "multinomial"] = "wta", trials: int = 50, calib_batches: int = 2,
-                 reduce_range: bool = False, start: Literal["largest", "random"] = "largest"):
+                 batch: int = 32, lr: float = 0.1, lr_weights: float = 0.0, weight_steps: int = 0,
+                 holdout_ratio: float = 0.5, discretize: Literal["wta", "multinomial"] = "wta", trials: int = 50,
+                 calib_batches: int = 2, reduce_range: bool = False, start: Literal["largest", "random"] = "largest"):
         super().__init__(space, objectives, seed, constraints, cheap, pop_size, batch_size)
         if supernet is None or data is None:
             raise ConfigError("edmips needs the trained supernet and its data (it trains bit selectors on them)")
@@ -152,10 +212,17 @@ class EdmipsSearcher(HistorySearcher):
             raise ConfigError(f"edmips: unknown start '{start}' (largest or random)")
         if not etas:
             raise ConfigError("edmips: etas must hold at least one value")
+        if weight_steps > 0 and lr_weights <= 0:
+            raise ConfigError("edmips: weight_steps (alternating weight training) needs lr_weights > 0, the "
+                              "weights' learning rate")
+        if not 0.0 < holdout_ratio < 1.0:
+            raise ConfigError(f"edmips: holdout_ratio must be between 0 and 1 (exclusive), not {holdout_ratio}")
         self.supernet, self.data, self.lut, self.cost = supernet, data, lut, cost
         self.etas = sorted(float(e) for e in etas)
         self.steps, self.warm_steps, self.batch = int(steps), int(warm_steps), int(batch)
         self.lr, self.lr_weights = float(lr), float(lr_weights)
+        self.weight_steps, self.holdout_ratio = int(weight_steps), float(holdout_ratio)
+        self._splits: Any = None
         self.discretize, self.trials = discretize, int(trials)
         self.calib_batches, self.reduce_range = int(calib_batches), reduce_range
         self.start = start
@@ -232,39 +299,71 @@ class EdmipsSearcher(HistorySearcher):
     def expected_cost(self, units: Sequence[CompositeUnit], fns) -> torch.Tensor:
         return sum(fn(*u.expected_bits()) for u, fn in zip(units, fns))
 
+    @property
+    def training(self) -> str:
+        """How the composite network's weights learn: ``frozen``, ``joint`` or ``alternating``."""
+        return "alternating" if self.weight_steps > 0 else "joint" if self.lr_weights > 0 else "frozen"
+
+    def splits(self) -> Any:
+        """The data alternating training reads: its ``train`` split is the weight split, its ``val`` split the
+        held-out split alpha and beta learn on; both are parts of the data's train split, fixed by ``seed``."""
+        if self._splits is None:
+            self._splits = holdout_split(self.data, self.holdout_ratio, self.seed)
+        return self._splits
+
     def sweep(self, arch: Mapping[str, Any]) -> list[Candidate]:
         """Run the eta sweep on ``arch``; one discretized candidate per eta, in eta order."""
         torch.manual_seed(self.seed * 7919 + self.rounds)
         net, units, specs = self.build(arch)
         fns, ref = self._cost_terms(units, specs)
         params = [p for u in units for p in (u.alpha, u.beta)]
-        groups = [{"params": params, "lr": self.lr}]
         weights = [p for n, p in net.named_parameters() if not n.endswith(("alpha", "beta"))]
-        if self.lr_weights > 0:
-            for p in weights:
-                p.requires_grad_(True)
-            groups.append({"params": weights, "lr": self.lr_weights})
-        opt = torch.optim.Adam(groups)
+        mode = self.training
         rng = np.random.default_rng([self.seed, self.rounds, 3])
-        batches = self.data.batches("train", self.batch, rng)
+        if mode == "alternating":
+            data = self.splits()
+            weight_batches = _endless(data, "train", self.batch, np.random.default_rng([self.seed, self.rounds, 4]))
+            arch_batches = _endless(data, "val", self.batch, rng)
+            opt = torch.optim.Adam(params, lr=self.lr)
+            wopt = torch.optim.Adam(weights, lr=self.lr_weights)
+        else:
+            groups = [{"params": params, "lr": self.lr}]
+            if mode == "joint":
+                for p in weights:
+                    p.requires_grad_(True)
+                groups.append({"params": weights, "lr": self.lr_weights})
+            opt = torch.optim.Adam(groups)
+            arch_batches = _endless(self.data, "train", self.batch, rng)
         out = []
         for k, eta in enumerate(self.etas):
+            weight_loss = arch_loss = None
             for _ in range(self.steps if k == 0 else self.warm_steps):
-                try:
-                    x, y = next(batches)
-                except StopIteration:
-                    batches = self.data.batches("train", self.batch, rng)
-                    x, y = next(batches)
+                if mode == "alternating":  # 1) alpha, beta fixed: the shared weights on the weight split
+                    _trainable(weights, params)
+                    for _ in range(self.weight_steps):
+                        x, y = next(weight_batches)
+                        wopt.zero_grad()
+                        loss = F.cross_entropy(net(x), y)
+                        loss.backward()
+                        wopt.step()
+                        weight_loss = float(loss.detach())
+                    _trainable(params, weights)  # 2) weights fixed: alpha, beta on the held-out split
+                x, y = next(arch_batches)
                 opt.zero_grad()
-                loss = F.cross_entropy(net(x), y) + eta * self.expected_cost(units, fns) / ref  # eq. 6
+                ce = F.cross_entropy(net(x), y)
+                loss = ce + eta * self.expected_cost(units, fns) / ref  # eq. 6
                 loss.backward()
                 opt.step()
+                arch_loss = float(ce.detach())
             drng = np.random.default_rng([self.seed, self.rounds, k])
             policy = {u.unit.layer_name: u.discretize(self.discretize, drng, self.trials) for u in units}
             with torch.no_grad():
                 exp_cost = float(self.expected_cost(units, fns))
-            self.history.append({"round": self.rounds, "eta": eta, "expected_cost": exp_cost,
-                                 "relative_cost": exp_cost / ref})
+            rec = {"round": self.rounds, "eta": eta, "expected_cost": exp_cost, "relative_cost": exp_cost / ref,
+                   "training": mode, "arch_loss": arch_loss}
+            if mode == "alternating":
+                rec["weight_loss"] = weight_loss
+            self.history.append(rec)
             out.append(self.space.make(dict(arch), policy))
         return out
 
