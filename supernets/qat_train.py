@@ -45,7 +45,9 @@ def policy_bits(space: SearchSpace) -> list[int]:
 
 def default_schedule(space: SearchSpace, epochs: int, float_epochs: int = 0,
                      stage1_epochs: int | None = None) -> list[tuple[int, tuple[int, ...]]]:
-    """QFA's two stages after optional float pretraining: low bits + 32, then low bits only."""
+    """QFA's two stages after optional float pretraining: low bits + 32, then low bits only.
+
+    ``stage1_epochs=0`` gives QFA's single-stage baseline: low bits only from the start (one phase)."""
     low = tuple(b for b in policy_bits(space) if b < 32)
     if stage1_epochs is None:
         stage1_epochs = (epochs - float_epochs) // 3
