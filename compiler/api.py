@@ -123,10 +123,13 @@ class Target:
     ``bit_options`` are the (w_bits, a_bits) pairs it executes (32 = float); ``int4_weights`` whether it
     reads 4-bit ONNX weight types; ``simulated`` targets are modelled, not measured; ``backend`` names the
     runtime (``BACKENDS``) that measures or models it, and ``backend_options`` what that backend is built with.
+    A target without a backend (``backend=None``) is analytic: it has no LUT, so a search on it optimizes
+    the objectives that need none (accuracy, size, BitOps), and its artifacts are verified on
+    ``verify_backends``.
     """
 
     name: str
-    backend: str
+    backend: str | None
     bit_options: tuple[Bits, ...]
     description: str
     simulated: bool = False
@@ -137,8 +140,17 @@ class Target:
     lut_notes: tuple[str, ...] = ()  # what every LUT of this target should say about how it was made
     backend_options: dict[str, Any] = field(default_factory=dict)
 
+    @property
+    def has_lut(self) -> bool:
+        """Whether a LUT of this target can be profiled (an analytic target has none)."""
+        return self.backend is not None
+
     def make_backend(self, threads: int = 1, **options: Any) -> Any:
         """The backend that measures (or models) this target, available or a clear error."""
+        if self.backend is None:
+            raise ConfigError(f"target '{self.name}' is analytic: it has no backend to measure or model layers, "
+                              "so no LUT (use objectives and constraints that need none: accuracy, size_bytes, "
+                              "bitops)")
         cls = BACKENDS.get(self.backend, f"target '{self.name}'")
         backend = cls(threads=threads, **{**self.backend_options, **options})
         backend.require()
@@ -156,7 +168,8 @@ class Objective:
     """A search objective: its name, direction, and whether it is cheap (no true evaluation needed).
 
     ``compute(problem, candidate, layers)`` returns the value for a candidate; cheap objectives take only
-    the candidate's layers and the LUT, the accuracy objective needs a true evaluation.
+    the candidate's layers and the LUT, the accuracy objective needs a true evaluation. ``needs_lut`` says
+    whether ``compute`` reads the problem's LUT (a search on an analytic target offers only those that do not).
     """
 
     name: str
@@ -165,6 +178,7 @@ class Objective:
     compute: Callable[..., float] | None = field(default=None, compare=False, repr=False)
     unit: str = ""
     description: str = ""
+    needs_lut: bool = True
 
 
 # ---------------------------------------------------------------------------------------------- protocols
@@ -186,6 +200,10 @@ class Supernet(Protocol):
 
     def extract(self, candidate: Candidate) -> Any:
         """A static ``nn.Module`` with inherited weights, equal to the supernet with ``candidate`` active."""
+
+    # Optional: ``quantization_aware = True`` when ``extract`` returns a subnet with the supernet's own trained
+    # quantizers (LSQ/BatchQuant, QFA); its accuracy is then measured as extracted and calibrated
+    # (``bitnas.supernets.qat.calibrate``) instead of by post-training quantization.
 
 
 @runtime_checkable

@@ -40,7 +40,12 @@ def _cmd_init(args: argparse.Namespace) -> int:
     data = {"target": args.target, "family": {"space": args.space, **({"name": args.family} if args.family else {})},
             "data": {"name": args.data, **({"path": args.data_path} if args.data_path else {}),
                      "image_size": args.image_size}}
+    from bitnas.api import TARGETS
     from bitnas.config import validate_config
+
+    target = TARGETS.get(args.target, "bitnas init: --target")
+    if not target.has_lut:  # an analytic target: the default objectives are the ones it offers
+        data["search"] = {"objectives": ["accuracy", "bitops"]}
 
     cfg = validate_config(ProjectConfig, data, "bitnas init")
     project = Project(cfg, out, "bitnas init")
@@ -52,9 +57,12 @@ def _cmd_targets(args: argparse.Namespace) -> int:
     from bitnas.api import TARGETS
 
     for name, t in TARGETS.items():
-        bits = " ".join(f"W{w}A{a}" if w < 32 else "FP32" for w, a in t.bit_options)
-        kind = "simulated" if t.simulated else "measured"
-        print(f"{name:14s} {kind:9s} backend {t.backend:9s} {bits:40s} {t.description}")
+        bits = " ".join("FP32" if (w, a) == (32, 32) else f"W{w}A{a}" for w, a in t.bit_options)
+        if len(t.bit_options) > 16:
+            ws, acts = sorted({w for w, _ in t.bit_options}), sorted({a for _, a in t.bit_options})
+            bits = f"W{{{','.join(map(str, ws))}}} x A{{{','.join(map(str, acts))}}}"
+        kind = "measured" if not t.simulated else "simulated" if t.has_lut else "analytic"
+        print(f"{name:14s} {kind:9s} backend {t.backend or '(none)':9s} {bits:40s} {t.description}")
     return 0
 
 

@@ -6,7 +6,8 @@ it through ``Project.problem()``, so a candidate scores the same wherever it is 
 
 A true evaluation measures accuracy in one of three ways (``search.evaluation``):
 
-- ``simulated``: the subnet with simulated (fake) quantization of its policy, BN recalibrated;
+- ``simulated``: the subnet with simulated (fake) quantization of its policy, BN recalibrated (a
+  quantization-aware supernet's subnet with its own trained quantizers, BN and BatchQuant calibrated);
 - ``inc-ptq`` (SimQ-NAS): the compile passes ExtractSubnet, RecalibrateBn, ExportOnnx, AssignBitwidths,
   IncStaticPtq, SubByteWeights and SubByteActivations applied to the candidate, the QDQ model run on ONNX
   Runtime;
@@ -41,8 +42,12 @@ def problem_id(parts: dict[str, Any]) -> dict[str, Any]:
 EVALUATIONS = ("simulated", "inc-ptq", "qaft")
 
 
-def evaluation_id(mode: str, qaft_epochs: int = 1, qaft_lr: float = 1e-3) -> dict[str, Any]:
+def evaluation_id(mode: str, qaft_epochs: int = 1, qaft_lr: float = 1e-3,
+                  quantization_aware: bool = False) -> dict[str, Any]:
     """What a true evaluation of ``mode`` measures, as recorded in the problem identity (and ``search.json``)."""
+    if mode == "simulated" and quantization_aware:
+        return {"mode": mode, "accuracy": "the subnet with the supernet's own trained quantizers (LSQ weights, "
+                                          "BatchQuant activations), BatchNorm and BatchQuant calibrated (PyTorch)"}
     if mode == "simulated":
         return {"mode": mode, "accuracy": "simulated quantization of the subnet (PyTorch)"}
     if mode == "inc-ptq":
@@ -53,8 +58,19 @@ def evaluation_id(mode: str, qaft_epochs: int = 1, qaft_lr: float = 1e-3) -> dic
     raise ConfigError(f"unknown evaluation '{mode}' (known: {', '.join(EVALUATIONS)})")
 
 
-def check_evaluation(space: SearchSpace, mode: str, where: str = "search.evaluation") -> None:
-    """Refuse ``inc-ptq`` on a space whose policy offers bits static PTQ does not produce, naming the gene."""
+def quantization_aware(supernet: Any) -> bool:
+    """Whether the supernet's subnets carry its own trained quantizers (``Supernet.quantization_aware``)."""
+    return bool(getattr(supernet, "quantization_aware", False))
+
+
+def check_evaluation(space: SearchSpace, mode: str, where: str = "search.evaluation",
+                     supernet: Any = None) -> None:
+    """Refuse ``inc-ptq`` on a space whose policy offers bits static PTQ does not produce, naming the gene,
+    and any mode but ``simulated`` on a quantization-aware supernet (its subnets are already quantized)."""
+    if mode != "simulated" and supernet is not None and quantization_aware(supernet):
+        raise ConfigError(f"{where}: space '{space.name}' is trained with its own quantizers (LSQ weights, "
+                          f"BatchQuant activations): its subnets are measured as they are, so evaluation "
+                          f"'{mode}' does not apply; use simulated")
     if mode != "inc-ptq":
         return
     for g in space.policy_genes:
@@ -125,7 +141,7 @@ class Problem:
         self._cheap_fns = {n: OBJECTIVES.get(n).compute for n in names}
         self._cheap_names = names
         evaluation_id(self.evaluation)
-        check_evaluation(self.space, self.evaluation)
+        check_evaluation(self.space, self.evaluation, supernet=self.supernet)
 
     @property
     def space(self) -> SearchSpace:
@@ -171,6 +187,11 @@ class Problem:
         from bitnas.supernets.evaluate import accuracy, prepare_subnet
         from bitnas.supernets.static import quantize_net
 
+        if quantization_aware(self.supernet):  # its own trained quantizers: calibrated, not quantized after
+            from bitnas.supernets.qat import calibrate
+
+            out["accuracy"] = accuracy(calibrate(self.supernet.extract(c), self.calib), self.data)
+            return out
         static = prepare_subnet(self.supernet, c, self.calib)
         simulated = accuracy(quantize_net(static, c.policy_dict, self.calib, self.reduce_range), self.data)
         if self.evaluation == "simulated":

@@ -121,7 +121,7 @@ class ExecutorSection(StrictModel):
 
 
 class SearchSection(StrictModel):
-    searcher: str = Field("nsga2", description="random, nsga2, evolution, linas, bo, edmips, or a plug-in")
+    searcher: str = Field("nsga2", description="random, nsga2, evolution, linas, bo, edmips, qfa, or a plug-in")
     budget: int = Field(120, ge=1, description="true evaluations (distinct candidates)")
     pop_size: int = Field(20, ge=2, description="population size")
     options: dict[str, Any] = Field(default_factory=dict, description="further keyword options of the searcher")
@@ -289,6 +289,12 @@ class Project:
                 raise ConfigError(f"{source}: key 'search.constraints.{key}': only cheap objectives (LUT, size, "
                                   f"bitops) can be constrained before evaluation")
             cheap.add(key)
+        if not self.target.has_lut:
+            for name in sorted(cheap):
+                if OBJECTIVES.get(name).needs_lut:
+                    raise ConfigError(f"{source}: '{name}' is an objective or constraint, but target "
+                                      f"'{self.target.name}' is analytic and has no LUT (it offers accuracy, "
+                                      "size_bytes, bitops)")
         if "energy_mj" in cheap and not self.target.energy:
             raise ConfigError(f"{source}: energy_mj is an objective or constraint, but target '{self.target.name}' "
                               "has no energy model (targets with energy: "
@@ -441,7 +447,7 @@ class Project:
         self.check_space_bits(net.space)
         from bitnas.problem import check_evaluation
 
-        check_evaluation(net.space, self.cfg.search.evaluation, f"{self.source}: key 'search.evaluation'")
+        check_evaluation(net.space, self.cfg.search.evaluation, f"{self.source}: key 'search.evaluation'", net)
         shape = input_shape(net)
         t = self.cfg.train
         if t.checkpoint:
@@ -504,6 +510,9 @@ class Project:
         on this device, or a fresh profile of the space on the target."""
         if self._lut is not None:
             return self._lut
+        if not self.target.has_lut:  # analytic: the cost objectives are the layers' own (checked at load)
+            self._lut = (None, None)
+            return self._lut
         from bitnas.latency_luts import LatencyTable
         from bitnas.latency_luts.build import profile_supernet, same_settings
 
@@ -542,7 +551,7 @@ class Project:
     def problem(self):
         """The search problem, with its identity (supernet, LUT file, data, calibration, objectives)."""
         from bitnas.io import sha256_file
-        from bitnas.problem import Problem, evaluation_id, problem_id
+        from bitnas.problem import Problem, evaluation_id, problem_id, quantization_aware
         from bitnas.supernets.evaluate import calibration_batches
 
         supernet = self.supernet()
@@ -552,12 +561,14 @@ class Project:
         calib = calibration_batches(data, s.calib_batches, 64, self.cfg.seed)
         rr = self.reduce_range()
         qaft = s.qaft or QaftSettings()
-        ident = problem_id({"supernet": self.supernet_fingerprint, "lut_sha256": sha256_file(lut_path),
+        ident = problem_id({"supernet": self.supernet_fingerprint,
+                            "lut_sha256": sha256_file(lut_path) if lut_path else None,
                             "data": data.name, "data_digest": data.digest(),  # two folders of one name differ
                             "calib_batches": s.calib_batches, "reduce_range": rr,
                             "objectives": [o.name for o in self.objectives],
                             "space": supernet.space.name, "target": self.target.name,
-                            "evaluation": evaluation_id(s.evaluation, qaft.epochs, qaft.lr)})
+                            "evaluation": evaluation_id(s.evaluation, qaft.epochs, qaft.lr,
+                                                        quantization_aware(supernet))})
         return Problem(supernet, data, lut, lut_path, calib, rr, self.objectives, dict(s.constraints), ident,
                        s.accuracy_reference, evaluation=s.evaluation, qaft_epochs=qaft.epochs, qaft_lr=qaft.lr,
                        seed=self.cfg.seed)
@@ -728,11 +739,12 @@ class Project:
             layers = supernet.layers(cand)
             obj = dict(rec.get("objectives") or {})
             predicted = {k: v for k, v in obj.items() if isinstance(v, (int, float))}
-            pred = lut.predict(layers)
-            predicted.setdefault("latency_ms", pred["latency_ms"])
+            pred = lut.predict(layers) if lut is not None else {}
+            if "latency_ms" in pred:
+                predicted.setdefault("latency_ms", pred["latency_ms"])
             if "energy_mj" in pred:
                 predicted.setdefault("energy_mj", pred["energy_mj"])
-            if self.target.simulated:  # the accelerator model's own figures, summed over the layers
+            if self.target.simulated and lut is not None:  # the accelerator model's own figures, summed
                 for key in ("cycles", "stall_cycles", "energy_core_mj", "energy_buffer_mj", "energy_dram_mj"):
                     vals = [lut.entries.get(s.key, {}).get(key) for s in layers]
                     if vals and all(isinstance(v, (int, float)) for v in vals):
@@ -744,8 +756,8 @@ class Project:
                               cache=cache, env=env, inputs={"supernet": supernet, "data": data},
                               results={"target": {"name": self.target.name,
                                                   "fingerprint": device_fingerprint(self.cfg.lut.threads)},
-                                       "lut": {"path": str(lut_path), "fingerprint": lut.fingerprint,
-                                               "statistic": lut.statistic},
+                                       "lut": ({"path": str(lut_path), "fingerprint": lut.fingerprint,
+                                                "statistic": lut.statistic} if lut is not None else None),
                                        "predicted": predicted, "artifact_dir": str(folder.resolve()),
                                        "family": {"name": self.family.name, "space": supernet.space.name}})
             ctx.workdir.mkdir(parents=True, exist_ok=True)

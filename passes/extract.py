@@ -5,6 +5,7 @@ from __future__ import annotations
 from pydantic import Field
 
 from bitnas.config import StrictModel
+from bitnas.errors import UserError
 from bitnas.pipeline import Pass, PassContext
 from bitnas.space import Candidate
 from bitnas.supernets.evaluate import calibration_batches
@@ -18,8 +19,15 @@ class ExtractSubnet(Pass):
         pass
 
     def run(self, model: Candidate, ctx: PassContext) -> StaticNet:
+        from bitnas.problem import quantization_aware
+
         supernet = ctx.need("supernet", self.name)
         candidate = supernet.space.validate(model)
+        if quantization_aware(supernet):
+            raise UserError(f"{self.name}: space '{supernet.space.name}' is trained with its own quantizers (LSQ "
+                            "weights, BatchQuant activations); lowering those learned quantizers into a QDQ "
+                            "artifact is not built yet, and post-training quantization of its weights would not "
+                            "be the network the search measured: compile a space quantized after training")
         ctx.inputs["candidate"] = candidate
         return supernet.extract(candidate)
 

@@ -13,13 +13,14 @@ from bitnas.searchers.executor import Executor, InProcessExecutor, PoolExecutor,
 from bitnas.searchers.linas import LinasSearcher
 from bitnas.searchers.nsga2 import Nsga2Searcher
 from bitnas.searchers.pareto import hypervolume, knee_point, non_dominated
+from bitnas.searchers.qfa import QfaSearcher
 from bitnas.searchers.random_search import RandomSearcher
 
 for _name, _cls in (("random", RandomSearcher), ("nsga2", Nsga2Searcher), ("evolution", EvolutionSearcher),
-                    ("linas", LinasSearcher), ("bo", BoSearcher), ("edmips", EdmipsSearcher)):
+                    ("linas", LinasSearcher), ("bo", BoSearcher), ("edmips", EdmipsSearcher), ("qfa", QfaSearcher)):
     SEARCHERS.register(_name, _cls)
 
 __all__ = ["SEARCHERS", "BoSearcher", "EdmipsSearcher", "Evaluation", "EvolutionSearcher", "Executor",
-           "InProcessExecutor", "LinasSearcher", "Nsga2Searcher", "Objective", "PoolExecutor", "RandomSearcher",
+           "InProcessExecutor", "LinasSearcher", "Nsga2Searcher", "Objective", "PoolExecutor", "QfaSearcher", "RandomSearcher",
            "RayExecutor", "Searcher", "Study", "hypervolume", "knee_point", "make_executor", "non_dominated",
            "run_search"]

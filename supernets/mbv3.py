@@ -271,6 +271,13 @@ class MBV3Supernet(nn.Module):
 
     family = "mbv3"
 
+    @property
+    def quantization_aware(self) -> bool:
+        """Whether ``extract`` carries the supernet's trained LSQ/BatchQuant quantizers (QFA's BatchQuant
+        spaces): a subnet's quantized accuracy is then measured as it is, after calibration, not by
+        post-training quantization."""
+        return bool(self.d.qat)
+
     def __init__(self, d: MBV3Def):
         super().__init__()
         self.d = d

@@ -24,6 +24,7 @@ FAST = {
     "evolution": {"pop_size": 4, "batch_size": 2, "inner_pop": 6, "inner_gens": 2, "predictor_epochs": 5},
     "linas": {"pop_size": 4, "batch_size": 2, "inner_pop": 10, "inner_gens": 2},
     "bo": {"pop_size": 4, "batch_size": 2, "inner_pop": 10, "inner_gens": 2},
+    "qfa": {"pop_size": 4, "samples": 4, "batch_size": 2, "inner_pop": 10, "inner_gens": 2},
     "edmips": {"pop_size": 4, "cost": "bitops", "etas": (0.0, 0.5, 2.0, 20.0), "steps": 1, "warm_steps": 1,
                "batch": 4, "calib_batches": 1, "start": "random"},
 }
