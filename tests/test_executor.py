@@ -84,13 +84,18 @@ def test_local_ray_binds_to_localhost_without_dashboard_or_usage_stats():
 
 
 # ------------------------------------------------------------------------------------------ two processes
-def _toy_search(study_path: str, log: str, go: str, budget: int) -> None:
-    """A seeded random search on mbv2-tiny whose evaluation appends the candidate id to ``log`` (the pay)."""
+def _toy_search(study_path: str, log: str, go: str, budget: int, ready: str | None = None) -> None:
+    """A seeded random search on mbv2-tiny whose evaluation appends the candidate id to ``log`` (the pay);
+    it starts when ``go`` exists, after writing ``ready`` once its imports are done."""
     import os
+    from pathlib import Path
 
     from bitnas.api import OBJECTIVES
     from bitnas.searchers import RandomSearcher, Study, run_search
     from bitnas.supernets import get_space
+
+    if ready:
+        Path(ready).touch()
 
     space = get_space("mbv2-tiny")
     objectives = [OBJECTIVES.get("accuracy"), OBJECTIVES.get("size_bytes")]
@@ -112,12 +117,15 @@ def _toy_search(study_path: str, log: str, go: str, budget: int) -> None:
 def test_two_processes_on_one_study_never_pay_a_candidate_twice(tmp_path):
     from bitnas.searchers import Study
 
-    study, log, go = tmp_path / "study.sqlite", tmp_path / "paid.log", tmp_path / "go"
+    study, log, go, ready = (tmp_path / n for n in ("study.sqlite", "paid.log", "go", "ready"))
     child = multiprocessing.get_context("spawn").Process(target=_toy_search,
-                                                          args=(str(study), str(log), str(go), 40))
+                                                          args=(str(study), str(log), str(go), 40, str(ready)))
     child.start()
-    time.sleep(3.0)  # the child imports bitnas meanwhile; then both start together, on the same candidates
-    go.touch()
+    deadline = time.monotonic() + 120
+    while not ready.exists() and child.is_alive() and time.monotonic() < deadline:  # the child imports bitnas
+        time.sleep(0.05)
+    assert ready.exists(), "the child process never got ready"
+    go.touch()  # both start together, on the same candidates
     _toy_search(str(study), str(log), str(go), 40)
     child.join(60)
     assert child.exitcode == 0
