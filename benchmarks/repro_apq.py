@@ -37,7 +37,6 @@ Writes ``--out`` (benchmarks/results/repro_apq.json) and the PNG next to it.
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import os
 import sys
@@ -408,10 +407,9 @@ def plot(runs, pred_rows, args) -> bytes:
     a3.legend()
     fig.suptitle("APQ predictor transfer vs scratch (apq-mbv2-tiny, digits, BitFusion energy)")
     fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=100)
-    plt.close(fig)
-    return buf.getvalue()
+    from bitnas.plots import figure_png
+
+    return figure_png(fig, dpi=100)
 
 
 if __name__ == "__main__":

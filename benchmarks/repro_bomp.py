@@ -38,7 +38,6 @@ study and every re-score are stored in ``--work``).
 from __future__ import annotations
 
 import argparse
-import io
 import sys
 import time
 from dataclasses import replace
@@ -421,10 +420,9 @@ def plot(variants, args) -> bytes:
                  f"PTQ-scored search ({args.space}, {args.budget} evaluations each, bo/{args.acquisition})",
                  fontsize=11)
     fig.tight_layout(rect=(0, 0, 1, 0.97))
-    buf = io.BytesIO()
-    fig.savefig(buf, dpi=90, format="png")
-    plt.close(fig)
-    return buf.getvalue()
+    from bitnas.plots import figure_png
+
+    return figure_png(fig, dpi=90)
 
 
 if __name__ == "__main__":

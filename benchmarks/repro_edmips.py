@@ -30,7 +30,6 @@ Writes ``repro_edmips.json`` and ``repro_edmips.png`` to ``--out``.
 from __future__ import annotations
 
 import argparse
-import io
 import platform
 import sys
 import textwrap
@@ -296,10 +295,9 @@ def plot(uniform, mixed, seeds, headline) -> bytes:
         ax.legend(fontsize=8, loc="lower right")
     fig.suptitle(textwrap.fill(headline, 170), fontsize=8)
     fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, dpi=110, format="png")
-    plt.close(fig)
-    return buf.getvalue()
+    from bitnas.plots import figure_png
+
+    return figure_png(fig, dpi=110)
 
 
 if __name__ == "__main__":

@@ -30,7 +30,6 @@ Writes ``--out`` (benchmarks/results/repro_qfa.json) and the PNG next to it.
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import sys
 import time
@@ -320,10 +319,9 @@ def plot(summary, arms) -> bytes:
     ax.legend(fontsize="x-small", loc="best")
     fig.suptitle("QFA bit schedule: two-stage vs single-stage (qfa-mbv3-tiny, digits)")
     fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=100)
-    plt.close(fig)
-    return buf.getvalue()
+    from bitnas.plots import figure_png
+
+    return figure_png(fig, dpi=100)
 
 
 if __name__ == "__main__":

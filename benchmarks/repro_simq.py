@@ -32,7 +32,6 @@ Writes ``repro_simq.json`` and ``repro_simq.png`` to ``--out``; a rerun resumes 
 from __future__ import annotations
 
 import argparse
-import io
 import sys
 import time
 from dataclasses import replace
@@ -343,10 +342,9 @@ def plot(runs, args, baselines, result) -> bytes:
     fig.suptitle("SimQ-NAS reproduction on digits: joint architecture + INT8/FP32 policy search vs policy-only "
                  "search on fixed architectures, LINAS", fontsize=10)
     fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, dpi=100, format="png")
-    plt.close(fig)
-    return buf.getvalue()
+    from bitnas.plots import figure_png
+
+    return figure_png(fig, dpi=100)
 
 
 if __name__ == "__main__":

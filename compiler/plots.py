@@ -15,6 +15,16 @@ LABELS = {"accuracy": "top-1 accuracy, simulated quantization (%)", "latency_ms"
 SCALE = {"accuracy": 100.0, "size_bytes": 1 / 1024}
 
 
+def figure_png(fig, dpi: int = 110, **savefig: object) -> bytes:
+    """``fig`` as PNG bytes; the figure is closed."""
+    import matplotlib.pyplot as plt
+
+    buf = io.BytesIO()
+    fig.savefig(buf, dpi=dpi, format="png", **savefig)
+    plt.close(fig)
+    return buf.getvalue()
+
+
 def _axis(name: str, evals) -> np.ndarray:
     return np.array([e.objectives[name] for e in evals], float) * SCALE.get(name, 1.0)
 
@@ -54,10 +64,7 @@ def front_png(evals, front_ids: set[str], objectives: Sequence, title: str) -> b
     ax.set_ylabel(LABELS.get(y_name, y_name))
     ax.set_title(title, fontsize=10)
     fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, dpi=110, format="png")
-    plt.close(fig)
-    return buf.getvalue()
+    return figure_png(fig)
 
 
 def plot_front_bits(front, supernet, path: Path, title: str) -> None:
@@ -101,7 +108,4 @@ def front_bits_png(front, supernet, title: str) -> bytes:
     cb = fig.colorbar(im, ax=list(axes), ticks=widths, fraction=0.03)
     cb.set_label("bits (32 = float)")
     fig.suptitle(title, fontsize=9)
-    buf = io.BytesIO()
-    fig.savefig(buf, dpi=110, format="png", bbox_inches="tight")
-    plt.close(fig)
-    return buf.getvalue()
+    return figure_png(fig, bbox_inches="tight")

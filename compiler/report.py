@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import base64
 import html
-import io
 import json
 from pathlib import Path
 from types import SimpleNamespace
@@ -23,13 +22,10 @@ from bitnas.errors import UserError
 
 
 def _png(fig) -> str:
-    import matplotlib.pyplot as plt
+    from bitnas.plots import figure_png
 
-    buf = io.BytesIO()
     fig.tight_layout()
-    fig.savefig(buf, dpi=100, format="png")
-    plt.close(fig)
-    return _img(buf.getvalue())
+    return _img(figure_png(fig, dpi=100))
 
 
 def _img(data: bytes, alt: str = "plot") -> str:
