@@ -90,6 +90,30 @@ def interleaved_timing(
     return {n: Measurement.from_samples(np.concatenate(raw[n])) for n in raw}
 
 
+@dataclass(frozen=True)
+class PairedRatio:
+    """Latency of ``a`` over ``b``, one ratio per interleaved round, summarized by the median of the rounds.
+
+    Both models of a round ran back to back, so a slow phase of the machine (a busy sibling core, a
+    frequency change) hits both; pooling all runs first lets one slow round move the ratio by tens of
+    percent for a sub-millisecond model, the median of per-round ratios does not. ``iqr`` is the spread of
+    the rounds' ratios: the measurement's own repeatability.
+    """
+
+    ratio: float
+    iqr: float
+    rounds: tuple[float, ...]
+
+    @staticmethod
+    def of(a: list[np.ndarray], b: list[np.ndarray], statistic: str = "p10") -> PairedRatio:
+        if len(a) != len(b) or not a:
+            raise ValueError("a paired ratio needs the same number (> 0) of rounds for both models")
+        stat = (lambda x: float(np.percentile(x, 10))) if statistic == "p10" else (lambda x: float(np.median(x)))
+        per = np.array([stat(x) / stat(y) for x, y in zip(a, b)])
+        q25, q50, q75 = np.percentile(per, [25, 50, 75])
+        return PairedRatio(float(q50), float(q75 - q25), tuple(float(r) for r in per))
+
+
 class Backend(ABC):
     """One target runtime. Subclasses implement ``_available`` and ``compile``; the rest is shared."""
 

@@ -8,7 +8,8 @@ import numpy as np
 import torch
 from pydantic import Field, field_validator
 
-from bitnas.backends import get_backend, interleaved_timing
+from bitnas.backends import get_backend
+from bitnas.backends.base import Measurement, PairedRatio, interleaved_samples
 from bitnas.config import StrictModel
 from bitnas.errors import VerificationError
 from bitnas.io import sha256_file
@@ -28,7 +29,8 @@ def run_batched(backend, runner, x: np.ndarray, batch: int = 256, input_name: st
 
 
 class Verify(Pass):
-    """Accuracy on the val split and top-1 parity on every runtime; latency as a ratio to FP32, one run."""
+    """Accuracy on the val split and top-1 parity on every runtime; latency as a ratio to FP32
+    measured in one run: the median over interleaved rounds of each round's ratio."""
 
     class Config(StrictModel):
         backends: tuple[str, ...] = Field(("ort", "openvino", "tvm"), min_length=1,
@@ -105,14 +107,18 @@ class Verify(Pass):
                                             f"{len(y_val)} validation images")
             preds[name], preds_fp32 = np.concatenate(top1[name][0]), np.concatenate(top1[name][1])
             timers = {"q": backend.timer(model.path, feed, q), "f": backend.timer(model.float_path, feed, f)}
-            timing = interleaved_timing(timers, self.config.warmup, self.config.repeats, self.config.rounds)
+            raw = interleaved_samples(timers, self.config.warmup, self.config.repeats, self.config.rounds)
+            timing = {k: Measurement.from_samples(np.concatenate(v)) for k, v in raw.items()}
             tq, tf = timing["q"].stat(self.config.statistic), timing["f"].stat(self.config.statistic)
+            ratio = PairedRatio.of(raw["q"], raw["f"], self.config.statistic)
             entry: dict[str, Any] = {
                 "accuracy": float((preds[name] == y_val).mean()),
                 "accuracy_fp32": float((preds_fp32 == y_val).mean()),
                 "latency_ms": tq,
                 "latency_ms_fp32": tf,
-                "latency_ratio_to_fp32": tq / tf,
+                "latency_ratio_to_fp32": ratio.ratio,
+                "latency_ratio_iqr": ratio.iqr,
+                "latency_ratio_rounds": len(ratio.rounds),
                 "latency_ms_median": timing["q"].median_ms,
                 "latency_ms_fp32_median": timing["f"].median_ms,
                 "latency_iqr_ms": timing["q"].iqr_ms,
