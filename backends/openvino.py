@@ -10,7 +10,7 @@ from types import ModuleType
 
 import numpy as np
 
-from bitnas.api import Target
+from bitnas.api import CPU_BITS, Target
 from bitnas.backends.base import Backend, Runner, Timer, register, register_target
 from bitnas.errors import ArtifactError
 from bitnas.onnxio import load_onnx
@@ -104,7 +104,7 @@ class OpenVinoBackend(Backend):
 
 
 register_target(Target(
-    name="openvino-cpu", backend="openvino", bit_options=((32, 32), (8, 8)), bundle=True,
+    name="openvino-cpu", backend="openvino", bit_options=CPU_BITS, int4_weights=True, bundle=True,
     verify_backends=("ort", "openvino", "tvm"),
-    description="this CPU through OpenVINO's CPU plugin, reading the QDQ ONNX file (FP32, INT8)",
+    description="this CPU through OpenVINO's CPU plugin, reading the QDQ ONNX file (FP32; INT8, weights of 2-7 bits stored as INT4 or in INT8)",
 ))

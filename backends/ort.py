@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bitnas.api import Target
+from bitnas.api import CPU_BITS, Target
 from bitnas.backends.base import Backend, Runner, register, register_target
 from bitnas.errors import ArtifactError
 from bitnas.onnxio import load_onnx
@@ -59,7 +59,7 @@ class OrtBackend(Backend):
 
 
 register_target(Target(
-    name="ort-cpu", backend="ort", bit_options=((32, 32), (8, 8)), bundle=True,
+    name="ort-cpu", backend="ort", bit_options=CPU_BITS, int4_weights=True, bundle=True,
     verify_backends=("ort", "openvino", "tvm"),
-    description="this CPU through ONNX Runtime's CPU execution provider (FP32, INT8 QDQ)",
+    description="this CPU through ONNX Runtime's CPU execution provider (FP32; INT8 QDQ, weights of 2-7 bits stored as INT4 or in INT8)",
 ))

@@ -116,6 +116,11 @@ class Registry(Generic[T]):
 
 
 # ---------------------------------------------------------------------------------------------- targets
+# what a CPU target executes: float, and INT8 activations with 2-8-bit weights (the compiler stores 2-4
+# bits packed as INT4 where the runtime reads it, 5-7 as INT8 values in range)
+CPU_BITS: tuple[Bits, ...] = ((32, 32), *((w, 8) for w in (8, 7, 6, 5, 4, 3, 2)))
+
+
 @dataclass(frozen=True)
 class Target:
     """One deployment target: the only place its capabilities live.

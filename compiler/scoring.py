@@ -40,7 +40,7 @@ DENSE_LIMIT = 1 << 20
 
 
 def _int8(s: LayerSpec) -> bool:
-    return s.bits == (8, 8)
+    return s.quantized
 
 
 class BatchScorer:

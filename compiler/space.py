@@ -152,6 +152,11 @@ class LayerSpec:
         return (self.w_bits, self.a_bits)
 
     @property
+    def quantized(self) -> bool:
+        """Whether the layer runs between quantized activations (any W/A other than float)."""
+        return self.a_bits < 32 or self.w_bits < 32
+
+    @property
     def key(self) -> str:
         return (
             f"{self.op}|cin{self.cin}|cout{self.cout}|k{self.kernel}|s{self.stride}|g{self.groups}"

@@ -118,7 +118,7 @@ def group_units(layers: list[LayerSpec]) -> list[list[LayerSpec]]:
 def block_features(specs: list[LayerSpec], layer_ms: list[float]) -> list[float]:
     """Features of a block of any length for the fusion regressor."""
     ms = np.log(np.maximum(layer_ms, 1e-4))
-    int8 = [s.bits == (8, 8) for s in specs]
+    int8 = [s.quantized for s in specs]  # quantized activations (named for INT8, the common case)
     return [float(len(specs)), np.log(specs[0].cin), np.log(specs[-1].out_channels), np.log(max(s.out_channels for s in specs)),
             float(max(s.kernel for s in specs)), float(max(s.stride for s in specs)), np.log(specs[0].hw),
             float(any(s.residual for s in specs)), float(sum(s.groups > 1 for s in specs)),
@@ -128,8 +128,8 @@ def block_features(specs: list[LayerSpec], layer_ms: list[float]) -> list[float]
 
 
 def _precision_switches(layers: list[LayerSpec]) -> float:
-    """Places where the activation changes between float and INT8 (graph input and output included)."""
-    q = [False] + [s.bits == (8, 8) for s in layers] + [False]
+    """Places where the activation changes between float and quantized (graph input and output included)."""
+    q = [False] + [s.quantized for s in layers] + [False]
     return float(sum(1 for a, b in zip(q, q[1:]) if a != b))
 
 
@@ -138,11 +138,11 @@ NETWORK_FEATURES = {
     "units_sum_ms": lambda t, units: t,
     "units": lambda t, units: float(len(units)),  # runtime calls the per-unit measurements each paid
     "int8_boundaries": lambda t, units: float(sum(1 for a, b in zip(units, units[1:])
-                                                  if a[-1].bits == (8, 8) and b[0].bits == (8, 8))),
+                                                  if a[-1].quantized and b[0].quantized)),
     "precision_switches": lambda t, units: _precision_switches([s for u in units for s in u]),
-    "int8_layers": lambda t, units: float(sum(1 for u in units for s in u if s.bits == (8, 8))),
-    "mmacs_int8": lambda t, units: sum(s.macs for u in units for s in u if s.bits == (8, 8)) / 1e6,
-    "mmacs_fp32": lambda t, units: sum(s.macs for u in units for s in u if s.bits != (8, 8)) / 1e6,
+    "int8_layers": lambda t, units: float(sum(1 for u in units for s in u if s.quantized)),
+    "mmacs_int8": lambda t, units: sum(s.macs for u in units for s in u if s.quantized) / 1e6,
+    "mmacs_fp32": lambda t, units: sum(s.macs for u in units for s in u if not s.quantized) / 1e6,
     "one": lambda t, units: 1.0,
 }
 
@@ -159,7 +159,7 @@ def _per_kind(stat: str, kind: str, int8: bool):
     """Sum of ``stat`` over the layers of one kind (pointwise, depthwise) at one precision."""
     value = _LAYER_STATS[stat]
     return lambda t, units: sum(value(s) for u in units for s in u
-                                if _kind(s) == kind and (s.bits == (8, 8)) == int8)
+                                if _kind(s) == kind and (s.quantized) == int8)
 
 
 PER_KIND_FEATURES = tuple(f"{stat}_{kind}_{prec}" for stat in ("layers", "mmacs", "kacts")

@@ -23,17 +23,17 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from bitnas.api import CPU_BITS
 from bitnas.backends.base import Backend, Measurement, interleaved_samples, interleaved_timing
 from bitnas.errors import LutError, UnknownLayerError, UserError
 from bitnas.io import atomic_write_json, sha256_bytes
 from bitnas.latency_luts.lut import VERSION, LatencyTable, block_key, shortcut_len, table_from_results
 from bitnas.passes.export_onnx import INPUT_NAME, OUTPUT_NAME
-from bitnas.passes.inc_ptq import inc_quantize_qdq
+from bitnas.passes.subbyte import narrow_file, policy_qdq
 from bitnas.space import FLOAT_BITS, Bits, LayerSpec
 
 OPSET = 17
 LAYER_NODE = "layer"
-CPU_BITS: tuple[Bits, ...] = (FLOAT_BITS, (8, 8))
 OVERHEAD = "__overhead__"
 ACTS = ("none", "relu", "relu6", "hswish", "gelu")
 OP_ACTS: dict[str, tuple[str, ...]] = {"conv": ACTS, "linear": ACTS, "dense": ACTS, "attention": ("none",),
@@ -326,24 +326,33 @@ def overhead_model() -> onnx.ModelProto:
 def _check_cpu_bits(spec: LayerSpec) -> None:
     check_layer(spec)
     if spec.bits not in CPU_BITS:
-        raise UnknownLayerError(f"{_label(spec)}: the CPU profiler measures INT8 or float, "
-                                f"not W{spec.w_bits}A{spec.a_bits}")
+        raise UnknownLayerError(f"{_label(spec)}: the CPU profiler measures float or 2-8-bit weights with INT8 "
+                                f"activations, not W{spec.w_bits}A{spec.a_bits}")
 
 
 def _check_cpu_unit(specs: list[LayerSpec]) -> tuple[dict[str, list[int]], list[int]]:
-    """Refuse a unit the CPU profiler cannot build; its input shapes and the indices of its INT8 layers."""
+    """Refuse a unit the CPU profiler cannot build; its input shapes and the indices of its quantized layers."""
     for s in specs:
         _check_cpu_bits(s)
     shapes = input_shapes(specs)
-    int8 = [i for i, s in enumerate(specs) if s.bits == (8, 8)]
+    int8 = [i for i, s in enumerate(specs) if s.bits != FLOAT_BITS]
     if int8 and len(shapes) > 1:
         raise UnknownLayerError(f"{_label(specs[int8[0]])}: INT8 layers are calibrated on the unit's input alone, "
                                 "but its attention reads keys and values from outside; profile them as lone layers")
     return shapes, int8
 
 
+def _bits_tag(specs: list[LayerSpec]) -> str:
+    """The file tag of a unit's policy: "int8" or "w4a8" for one layer; per layer 0 float, 1 W8A8, w W<w>A8."""
+    if len(specs) == 1:
+        w = specs[0].w_bits
+        return "int8" if w == 8 else f"w{w}a8"
+    return "q" + "".join("0" if s.bits == FLOAT_BITS else "1" if s.w_bits == 8 else str(s.w_bits) for s in specs)
+
+
 def write_unit_model(specs: Sequence[LayerSpec], folder: Path, reduce_range: bool, seed: int = 0) -> Path:
-    """Write the model of a layer or unit (its INT8 layers quantized QDQ) into ``folder``; reuse if present."""
+    """Write the model of a layer or unit into ``folder`` (reused if present), quantized as the compiler
+    quantizes its policy: INT8 QDQ, weights below 8 bits re-stored at their width (``policy_qdq``)."""
     specs = list(specs)
     shapes, int8 = _check_cpu_unit(specs)
     float_key = "+".join(s.with_bits(FLOAT_BITS).key for s in specs)
@@ -356,18 +365,25 @@ def write_unit_model(specs: Sequence[LayerSpec], folder: Path, reduce_range: boo
         atomic_write_bytes(fp32, unit_model([s.with_bits(FLOAT_BITS) for s in specs], seed).SerializeToString())
     if not int8:
         return fp32
-    tag = "int8" if len(specs) == 1 else "q" + "".join("1" if i in int8 else "0" for i in range(len(specs)))
-    q = folder / f"{stem}_{tag}{'_rr' if reduce_range else ''}.onnx"
+    rr = "_rr" if reduce_range else ""
+    q = folder / f"{stem}_{_bits_tag(specs)}{rr}.onnx"
     if q.exists():
         return q
     nodes = [LAYER_NODE] if len(specs) == 1 else [f"{LAYER_NODE}{i}" for i in int8]
-    rng = np.random.default_rng(seed)
-    calib = [rng.normal(0, 1, shapes[INPUT_NAME]).astype(np.float32) for _ in range(4)]
-    src = q.with_name(q.name + ".src.onnx")
-    try:
-        inc_quantize_qdq(_named_for_inc(fp32, src), q, nodes, calib, reduce_range)
-    finally:
-        src.unlink(missing_ok=True)
+    # the policy at 8 weight bits is quantized once; narrower weights are re-stored from it, as the
+    # compiler's SubByteWeights does after its one PTQ pass
+    q8 = folder / f"{stem}_{_bits_tag([s.with_bits((8, 8)) if s.quantized else s for s in specs])}{rr}.onnx"
+    if not q8.exists():
+        rng = np.random.default_rng(seed)
+        calib = [rng.normal(0, 1, shapes[INPUT_NAME]).astype(np.float32) for _ in range(4)]
+        src = q8.with_name(q8.name + ".src.onnx")
+        try:
+            policy_qdq(_named_for_inc(fp32, src), q8, dict.fromkeys(nodes, (8, 8)), calib, reduce_range)
+        finally:
+            src.unlink(missing_ok=True)
+    if q8 == q:
+        return q
+    narrow_file(q8, q, fp32, {nodes[k]: specs[i].w_bits for k, i in enumerate(int8) if specs[i].w_bits < 8})
     return q
 
 

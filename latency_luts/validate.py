@@ -1,9 +1,10 @@
 """Fidelity check: random subnets measured end to end on the target against the LUT's prediction.
 
-Subnets are drawn across the space's whole predicted-latency range (a large random pool with mixed
-INT8/FP32 policies, then evenly spaced quantiles of its predictions). Each is exported as the compiler
-exports it (BN folded, INT8 layers quantized QDQ by INC) and all are timed interleaved. The statistic is
-the LUT's; the measurement's own repeatability is reported from two disjoint halves of the rounds.
+Subnets are drawn across the space's whole predicted-latency range (a large random pool with uniform and
+mixed policies, then evenly spaced quantiles of its predictions). Each is exported as the compiler exports
+it (BN folded, its policy quantized QDQ by INC, weights below 8 bits re-stored) and all are timed
+interleaved. The statistic is the LUT's; the measurement's own repeatability is reported from two
+disjoint halves of the rounds.
 """
 
 from __future__ import annotations
@@ -43,12 +44,18 @@ def draw_candidates(space, supernet, lut: LatencyTable | None, n: int, seed: int
     rng = np.random.default_rng(seed)
     pool = pool or max(20 * n, 200)
     cands, seen = [], set(exclude or ())
+    shared = sorted(set.intersection(*(set(map(tuple, g.options)) for g in space.policy_genes)), reverse=True) \
+        if space.policy_genes else []
     for i in range(pool):
         c = space.sample(rng)
-        # policies: a third all-float, a third all-INT8, a third mixed per layer (as sampled)
+        # policies: a third uniform at the widest option every layer offers (float where there is one), a
+        # third uniform at another shared option (INT8 in a float/INT8 space), a third mixed per layer
         mode = i % 3
-        if mode < 2:
-            bits = (32, 32) if mode == 0 else (8, 8)
+        if mode < 2 and shared:
+            if mode == 0 or len(shared) <= 2:
+                bits = shared[mode if len(shared) == 2 else 0]
+            else:
+                bits = shared[1 + int(rng.integers(len(shared) - 1))]
             c = space.make(c.arch_dict, {g.name: bits for g in space.policy_genes})
         if c.id not in seen:
             seen.add(c.id)
@@ -63,9 +70,10 @@ def draw_candidates(space, supernet, lut: LatencyTable | None, n: int, seed: int
 
 
 def build_subnet_model(supernet, candidate, folder: Path, reduce_range: bool, in_shape: tuple[int, ...]) -> Path:
-    """The candidate's ONNX model as the compiler exports it: BN folded, INT8 layers quantized QDQ by INC."""
+    """The candidate's ONNX model as the compiler exports it: BN folded, its policy quantized as the compiler
+    quantizes it (INT8 QDQ by INC, weights below 8 bits re-stored at their width)."""
     from bitnas.passes.export_onnx import export_static
-    from bitnas.passes.inc_ptq import inc_quantize_qdq
+    from bitnas.passes.subbyte import policy_qdq
 
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{candidate.id}{'_rr' if reduce_range else ''}.onnx"
@@ -74,12 +82,12 @@ def build_subnet_model(supernet, candidate, folder: Path, reduce_range: bool, in
     fp32 = folder / f"{candidate.id}_fp32.onnx"
     if not fp32.exists():
         export_static(supernet.extract(candidate), fp32, in_shape)
-    nodes = [s.name for s in supernet.layers(candidate) if s.bits == (8, 8)]
-    if not nodes:
+    bits = {s.name: s.bits for s in supernet.layers(candidate) if s.quantized}
+    if not bits:
         return fp32
     rng = np.random.default_rng(0)
     calib = [rng.normal(0, 1, (1, *in_shape)).astype(np.float32) for _ in range(4)]
-    inc_quantize_qdq(fp32, path, nodes, calib, reduce_range)
+    policy_qdq(fp32, path, bits, calib, reduce_range)
     return path
 
 
@@ -246,7 +254,7 @@ def validate(lut_path: str | Path, supernet, samples: int, target: str | None = 
     report["coverage_2sigma"] = float((np.abs(pred - meas) <= 2 * sd).mean())
     report["measured_range_ms"] = [float(meas.min()), float(meas.max())]
     report["subnets"] = [{"id": c.id, "predicted_ms": float(p), "predicted_sd_ms": float(s), "layer_sum_ms": float(q),
-                          "measured_ms": float(m), "int8_layers": sum(1 for ls in supernet.layers(c) if ls.bits == (8, 8)),
+                          "measured_ms": float(m), "int8_layers": sum(1 for ls in supernet.layers(c) if ls.quantized),
                           "layers": len(supernet.layers(c))}
                          for c, p, s, q, m in zip(cands, pred, sd, plain, meas)]
     plot_path = Path(plot) if plot else Path(lut_path).with_suffix(".validate.png")

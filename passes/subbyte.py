@@ -9,6 +9,8 @@ values confined to the policy's range. The artifact's size on disk follows the p
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from pathlib import Path
 from typing import Literal
 
 import ml_dtypes
@@ -23,11 +25,13 @@ from bitnas.io import atomic_write_bytes
 from bitnas.passes.assign_bits import layer_bits_of, set_layer_bits
 from bitnas.passes.export_onnx import QUANT_OPS, OnnxModel
 from bitnas.pipeline import Pass, PassContext
+from bitnas.space import FLOAT_BITS, Bits
 from bitnas.supernets.quant import stored_scale, weight_qmax
 
 INT4_OPSET = 21
-# runtimes whose ONNX import reads INT4 weights (TVM's frontend fails on the packed tensor)
-INT4_RUNTIMES = {"ort", "openvino"}
+# runtimes that run INT4 weights: ONNX Runtime and OpenVINO read them; TVM's frontend cannot, so its
+# backend widens them to INT8 at import (the same values; the file keeps INT4)
+INT4_RUNTIMES = {"ort", "openvino", "tvm"}
 
 
 def float_params(path) -> dict[str, tuple[np.ndarray, np.ndarray | None]]:
@@ -69,12 +73,12 @@ class SubByteWeights(Pass):
     class Config(StrictModel):
         storage: Literal["auto", "int4", "int8"] = Field(
             "auto", description="auto: packed INT4 for 2-4 bits unless a target runtime cannot read it")
-        runtimes: tuple[str, ...] = Field(("ort", "openvino"), description="runtimes the artifact must run on")
+        runtimes: tuple[str, ...] = Field(("ort", "openvino", "tvm"), description="runtimes the artifact must run on")
         filename: WorkFileName = Field("subbyte.onnx", description="file written in the work folder")
 
     def run(self, model: OnnxModel, ctx: PassContext) -> OnnxModel:
         bits = layer_bits_of(model.path)
-        narrow = {k: b for k, b in bits.items() if b[0] < 8}
+        narrow = {k: b[0] for k, b in bits.items() if b[0] < 8}
         dst = ctx.workdir / self.config.filename
         storage = self.config.storage
         if storage == "auto":
@@ -83,67 +87,113 @@ class SubByteWeights(Pass):
         if not narrow:
             atomic_write_bytes(dst, model.path.read_bytes())
             return OnnxModel(path=dst, layers=model.layers, float_path=model.float_path)
-        onnx_model = onnx.load(str(model.path))
-        params = float_params(model.float_path)
-        floats = {k: w for k, (w, _) in params.items()}
-        biases = {k: b for k, (_, b) in params.items() if b is not None}
-        graph = onnx_model.graph
-        inits = {t.name: t for t in graph.initializer}
-        producers = {o: n for n in graph.node for o in n.output}
-        packed_any = False
-        new_nodes: list[tuple[onnx.NodeProto, onnx.NodeProto]] = []
-        for node in graph.node:
-            if node.op_type not in QUANT_OPS or node.name not in narrow:
-                continue
-            w_bits = narrow[node.name][0]
-            wdq = producers.get(node.input[1])
-            if wdq is None or wdq.op_type != "DequantizeLinear":
-                raise InternalError(f"layer '{node.name}' is not quantized; run a PTQ pass before SubByteWeights")
-            q, scale = requantize(floats[node.name], w_bits)
-            pack = storage == "int4" and w_bits <= 4
-            q_name, s_name = f"{node.name}.weight_q{w_bits}", f"{node.name}.weight_scale{w_bits}"
-            if pack:
-                q_tensor = numpy_helper.from_array(q.astype(ml_dtypes.int4), q_name)  # two values a byte
-                packed_any = True
-            else:
-                q_tensor = numpy_helper.from_array(q, q_name)
-            half = pack  # packed weights carry half-precision scales (DequantizeLinear-21), then a Cast
-            graph.initializer.extend([q_tensor, numpy_helper.from_array(scale.astype(np.float16 if half else
-                                                                                     np.float32), s_name)])
-            del wdq.input[:]
-            wdq.input.extend([q_name, s_name])  # symmetric: the zero point defaults to 0
-            if half:
-                w_out = wdq.output[0]
-                wdq.output[0] = f"{node.name}.weight_f16"
-                new_nodes.append((wdq, helper.make_node("Cast", [wdq.output[0]], [w_out], to=TensorProto.FLOAT)))
-            for attr in list(wdq.attribute):
-                if attr.name == "axis":
-                    attr.i = 0
-            if len(node.input) > 2 and node.input[2]:
-                bdq = producers.get(node.input[2])
-                if bdq is not None and bdq.op_type == "DequantizeLinear":
-                    # no runtime fuses a sub-byte conv into an integer kernel, so the bias needs no INT32
-                    # form: store it in float and save its per-channel scale
-                    b = biases.get(node.name)  # the export's own, as the simulation keeps it
-                    if b is None:
-                        b = (numpy_helper.to_array(inits[bdq.input[0]]).astype(np.float64)
-                             * numpy_helper.to_array(inits[bdq.input[1]]).astype(np.float64)).astype(np.float32)
-                    taken = {t.name for t in graph.initializer} | {o for n in graph.node for o in n.output}
-                    b_name, k = f"{node.name}.bias_f32", 0
-                    while b_name in taken:
-                        k += 1
-                        b_name = f"{node.name}.bias_f32_{k}"
-                    graph.initializer.append(numpy_helper.from_array(b, b_name))
-                    node.input[2] = b_name
-        for after, cast in new_nodes:
-            graph.node.insert(list(graph.node).index(after) + 1, cast)
-        _drop_unused(graph)
-        if packed_any:
-            onnx_model = _to_opset(onnx_model, INT4_OPSET)
+        onnx_model = narrow_weights(onnx.load(str(model.path)), float_params(model.float_path), narrow, storage)
         set_layer_bits(onnx_model, bits)
         onnx.checker.check_model(onnx_model)
         atomic_write_bytes(dst, onnx_model.SerializeToString())
         return OnnxModel(path=dst, layers=model.layers, float_path=model.float_path)
+
+
+def narrow_weights(onnx_model: onnx.ModelProto, params: dict[str, tuple[np.ndarray, np.ndarray | None]],
+                   narrow: dict[str, int], storage: str) -> onnx.ModelProto:
+    """Re-store the weights of the QDQ layers named in ``narrow`` (node name -> weight bits below 8).
+
+    ``params`` are the float export's (weight, bias) by node name (``float_params``); ``storage`` "int4"
+    packs 2-4-bit weights (opset 21), "int8" keeps every width in INT8 values confined to its range. The
+    model is changed in place and returned; what the compiler stores is what the profiler times.
+    """
+    graph = onnx_model.graph
+    inits = {t.name: t for t in graph.initializer}
+    producers = {o: n for n in graph.node for o in n.output}
+    packed_any = False
+    new_nodes: list[tuple[onnx.NodeProto, onnx.NodeProto]] = []
+    for node in graph.node:
+        if node.op_type not in QUANT_OPS or node.name not in narrow:
+            continue
+        w_bits = narrow[node.name]
+        wdq = producers.get(node.input[1])
+        if wdq is None or wdq.op_type != "DequantizeLinear":
+            raise InternalError(f"layer '{node.name}' is not quantized; run a PTQ pass before SubByteWeights")
+        weight, bias = params[node.name]
+        q, scale = requantize(weight, w_bits)
+        pack = storage == "int4" and w_bits <= 4
+        q_name, s_name = f"{node.name}.weight_q{w_bits}", f"{node.name}.weight_scale{w_bits}"
+        if pack:
+            q_tensor = numpy_helper.from_array(q.astype(ml_dtypes.int4), q_name)  # two values a byte
+            packed_any = True
+        else:
+            q_tensor = numpy_helper.from_array(q, q_name)
+        half = pack  # packed weights carry half-precision scales (DequantizeLinear-21), then a Cast
+        graph.initializer.extend([q_tensor, numpy_helper.from_array(scale.astype(np.float16 if half else
+                                                                                 np.float32), s_name)])
+        del wdq.input[:]
+        wdq.input.extend([q_name, s_name])  # symmetric: the zero point defaults to 0
+        if half:
+            w_out = wdq.output[0]
+            wdq.output[0] = f"{node.name}.weight_f16"
+            new_nodes.append((wdq, helper.make_node("Cast", [wdq.output[0]], [w_out], to=TensorProto.FLOAT)))
+        for attr in list(wdq.attribute):
+            if attr.name == "axis":
+                attr.i = 0
+        if len(node.input) > 2 and node.input[2]:
+            bdq = producers.get(node.input[2])
+            if bdq is not None and bdq.op_type == "DequantizeLinear":
+                # no runtime fuses a sub-byte conv into an integer kernel, so the bias needs no INT32
+                # form: store it in float and save its per-channel scale
+                b = bias  # the export's own, as the simulation keeps it
+                if b is None:
+                    b = (numpy_helper.to_array(inits[bdq.input[0]]).astype(np.float64)
+                         * numpy_helper.to_array(inits[bdq.input[1]]).astype(np.float64)).astype(np.float32)
+                taken = {t.name for t in graph.initializer} | {o for n in graph.node for o in n.output}
+                b_name, k = f"{node.name}.bias_f32", 0
+                while b_name in taken:
+                    k += 1
+                    b_name = f"{node.name}.bias_f32_{k}"
+                graph.initializer.append(numpy_helper.from_array(b, b_name))
+                node.input[2] = b_name
+    for after, cast in new_nodes:
+        graph.node.insert(list(graph.node).index(after) + 1, cast)
+    _drop_unused(graph)
+    if packed_any:
+        onnx_model = _to_opset(onnx_model, INT4_OPSET)
+    return onnx_model
+
+
+def policy_qdq(src: Path, dst: Path, bits: dict[str, Bits], calib: Sequence[np.ndarray], reduce_range: bool,
+               storage: str = "int4", float_src: Path | None = None) -> None:
+    """Quantize the float ONNX model ``src`` to the per-layer ``bits`` (node name -> W/A) and write ``dst``.
+
+    The compiler's own steps for a CPU policy: Intel Neural Compressor's static PTQ of every layer with
+    8-bit activations (``IncStaticPtq``), then each layer below 8 weight bits re-stored at its width
+    (``SubByteWeights``); ``float_src`` is the float export the narrowed weights are read from (``src``
+    when not given). The profiler and the LUT validation build their models here, so they time the graph
+    an artifact of that policy contains.
+    """
+    from bitnas.passes.inc_ptq import inc_quantize_qdq
+
+    bad = {n: b for n, b in bits.items() if b[1] != 8 and tuple(b) != FLOAT_BITS}
+    if bad:
+        name, b = next(iter(bad.items()))
+        raise InternalError(f"layer '{name}': W{b[0]}A{b[1]} needs SubByteActivations' simulated ranges")
+    quantized = [n for n, b in bits.items() if b[1] == 8]
+    narrow = {n: b[0] for n, b in bits.items() if b[1] == 8 and b[0] < 8}
+    if not narrow:
+        inc_quantize_qdq(src, dst, quantized, calib, reduce_range)
+        return
+    int8 = dst.with_name(dst.name + ".int8.onnx")  # dst appears only once whole: a cache may trust it
+    try:
+        inc_quantize_qdq(src, int8, quantized, calib, reduce_range)
+        narrow_file(int8, dst, float_src or src, narrow, storage)
+    finally:
+        int8.unlink(missing_ok=True)
+
+
+def narrow_file(int8: Path, dst: Path, float_src: Path, narrow: dict[str, int], storage: str = "int4") -> None:
+    """Write ``dst``: the INT8 QDQ model ``int8`` with the weights of the layers in ``narrow`` (node name ->
+    weight bits) re-stored at their width from the float export ``float_src`` (atomically)."""
+    model = narrow_weights(onnx.load(str(int8)), float_params(float_src), narrow, storage)
+    onnx.checker.check_model(model)
+    atomic_write_bytes(dst, model.SerializeToString())
 
 
 def _drop_unused(graph: onnx.GraphProto) -> None:

@@ -331,6 +331,8 @@ def mbv2_tiny(in_channels: int = 1, image_size: int = 32, num_classes: int = 10,
 # BitFusion's native widths (BitBricks of 2 bits fused to 4 and 8) for weights and activations; APQ's {4, 6, 8}
 BITFUSION_BITS: tuple[Bits, ...] = tuple((w, a) for w in (2, 4, 8) for a in (2, 4, 8))
 APQ_BITS: tuple[Bits, ...] = tuple((w, a) for w in (4, 6, 8) for a in (4, 6, 8))
+# BOMP-NAS's per-layer weight bits {4..8} with INT8 activations (Table I)
+BOMP_BITS: tuple[Bits, ...] = tuple((w, 8) for w in (8, 7, 6, 5, 4))
 
 
 def bitfusion_mbv2_tiny(in_channels: int = 1, image_size: int = 32, num_classes: int = 10) -> MBV2Def:
@@ -345,6 +347,13 @@ def apq_mbv2_tiny(in_channels: int = 1, image_size: int = 32, num_classes: int =
     return replace(mbv2_tiny(in_channels, image_size, num_classes, APQ_BITS), name="apq-mbv2-tiny",
                    description="mbv2-tiny's architecture with APQ's per-layer W and A bits in {4,6,8}, no float "
                                "layer (BitFusion)")
+
+
+def bomp_mbv2_tiny(in_channels: int = 1, image_size: int = 32, num_classes: int = 10) -> MBV2Def:
+    """The demo space's shape with BOMP-NAS's per-layer weight bits {4..8} and INT8 activations, no float."""
+    return replace(mbv2_tiny(in_channels, image_size, num_classes, BOMP_BITS), name="bomp-mbv2-tiny",
+                   description="mbv2-tiny's architecture with BOMP-NAS's per-layer weight bits in {4,...,8} and "
+                               "INT8 activations, no float layer (CPU targets; 4 bits stored as INT4)")
 
 
 def all_blocks(d: Any) -> list[tuple[LayerSpec, LayerSpec, LayerSpec]]:
@@ -375,8 +384,9 @@ def all_blocks(d: Any) -> list[tuple[LayerSpec, LayerSpec, LayerSpec]]:
 def _register() -> None:
     from bitnas.supernets.families import BuiltinFamily, register_family, sandwich_train
 
-    register_family(BuiltinFamily("mbv2", MBV2Supernet, {"mbv2-tiny": mbv2_tiny, "bitfusion-mbv2-tiny": bitfusion_mbv2_tiny,
-                                                        "apq-mbv2-tiny": apq_mbv2_tiny}, sandwich_train,
+    spaces = {"mbv2-tiny": mbv2_tiny, "bitfusion-mbv2-tiny": bitfusion_mbv2_tiny, "apq-mbv2-tiny": apq_mbv2_tiny,
+              "bomp-mbv2-tiny": bomp_mbv2_tiny}
+    register_family(BuiltinFamily("mbv2", MBV2Supernet, spaces, sandwich_train,
                                   "elastic MobileNetV2 (once-for-all, APQ)"))
 
 

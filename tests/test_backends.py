@@ -99,24 +99,6 @@ def test_tvm_targets_this_cpu():
     assert get_backend("tvm").fingerprint()["tvm_target"] == t
 
 
-def test_tvm_refuses_4bit_onnx_types(models, tmp_path):
-    from onnx import TensorProto, helper, numpy_helper
-
-    w = numpy_helper.from_array(np.zeros((4, 4), np.int8), "w")
-    w4 = helper.make_tensor("w4", TensorProto.INT4, [4, 4], np.zeros(16, np.int8).tolist())
-    x = helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 4])
-    y = helper.make_tensor_value_info("out", TensorProto.FLOAT, [1, 4])
-    nodes = [helper.make_node("DequantizeLinear", ["w4", "s"], ["wf"], name="dq4"),
-             helper.make_node("MatMul", ["input", "wf"], ["out"], name="mm")]
-    s = numpy_helper.from_array(np.array(0.1, np.float32), "s")
-    g = helper.make_graph(nodes, "g", [x], [y], [w4, s, w])
-    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 21)])
-    p = tmp_path / "int4.onnx"
-    onnx.save(m, str(p))
-    with pytest.raises(UnsupportedBackendError, match="4-bit"):
-        get_backend("tvm").compile(p)
-
-
 def test_tvm_runs_any_batch_of_a_dynamic_batch_model(models, tmp_path):
     fp32, _, x, _, _ = models
     m = onnx.load(str(fp32))

@@ -110,7 +110,9 @@ def test_verify_reports_parity_accuracy_and_latency_ratio_per_backend(compiled):
         e = m[b]
         assert e["top1_agreement_vs_fakequant"] >= 0.99
         assert abs(e["accuracy"] - e["accuracy_fp32"]) <= 0.02
-        assert e["latency_ratio_to_fp32"] == pytest.approx(e["latency_ms"] / e["latency_ms_fp32"])
+        # the ratio is the median of per-round ratios: near the pooled one, with its spread over the rounds
+        assert e["latency_ratio_to_fp32"] == pytest.approx(e["latency_ms"] / e["latency_ms_fp32"], rel=0.3)
+        assert e["latency_ratio_rounds"] >= 1 and 0 <= e["latency_ratio_iqr"] < e["latency_ratio_to_fp32"]
     assert m["top1_agreement"]["ort~openvino"] >= 0.99 and m["top1_agreement"]["ort~tvm"] >= 0.99
     assert m["latency_ms"] == m["ort"]["latency_ms"]
 

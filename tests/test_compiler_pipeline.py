@@ -93,7 +93,6 @@ def test_four_bit_weights_make_a_much_smaller_artifact_that_runs(subbyte_net, di
     for bits in ((8, 8), (4, 8)):
         cand = subbyte_net.space.largest(policy_bits=bits)
         ctx = _ctx(tmp_path / f"w{bits[0]}", subbyte_net, digits)
-        # TVM's ONNX frontend cannot read INT4 tensors: this artifact is for ONNX Runtime and OpenVINO
         arts[bits] = Sequential([ExtractSubnet(), RecalibrateBn(), ExportOnnx(), AssignBitwidths(), IncStaticPtq(),
                                  SubByteWeights(), Compact(), Verify(backends=("ort", "openvino"), **FAST_VERIFY),
                                  Package()]).run(cand, ctx)
