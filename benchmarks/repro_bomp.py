@@ -29,7 +29,8 @@ What this script does, at small scale on the digits (16x16 by default):
   verdict counts seeds where the QAFT arm's re-scored hypervolume is higher by more than ``--tie``; and
   the smallest model size each re-scored front reaches at a grid of accuracy levels.
 
-Writes ``repro_bomp.json`` and ``repro_bomp.png`` to ``--out``. A rerun resumes (supernet, LUT, every
+Writes ``repro_bomp.json`` and ``repro_bomp.png`` (``--name``) to ``--out``. With ``--space bomp-mbv2-tiny
+--target bitops --activations searched`` the space is BOMP's own W{4..8}A8. A rerun resumes (supernet, LUT, every
 study and every re-score are stored in ``--work``).
 
     python benchmarks/repro_bomp.py --out benchmarks/results
@@ -60,6 +61,9 @@ def main() -> int:
     ap.add_argument("--work", default="runs/repro_bomp", help="run folder (supernet, LUT, studies; reused)")
     ap.add_argument("--out", default="benchmarks/results")
     ap.add_argument("--space", default="bitfusion-mbv2-tiny", help="a space with sub-8-bit options")
+    ap.add_argument("--target", default="bitfusion", help="the project's target (the cost objective needs no LUT; "
+                                                          "bomp-mbv2-tiny's W5/W7 run on CPU targets or 'bitops')")
+    ap.add_argument("--name", default="repro_bomp", help="file stem of the JSON and plot written to --out")
     ap.add_argument("--image-size", type=int, default=16)
     ap.add_argument("--epochs", type=int, default=12, help="supernet training epochs")
     ap.add_argument("--cost", default="size_bytes", help="the second objective (BOMP: model size)")
@@ -109,10 +113,10 @@ def main() -> int:
     result = summarize(variants, args, full, ideal, ref, t0)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(out / "repro_bomp.json", result)
-    atomic_write_bytes(out / "repro_bomp.png", plot(variants, args))
+    atomic_write_json(out / f"{args.name}.json", result)
+    atomic_write_bytes(out / f"{args.name}.png", plot(variants, args))
     print("\n".join(result["headline"].values()))
-    print(f"wrote {out / 'repro_bomp.json'} and {out / 'repro_bomp.png'} ({result['wall_time_s']:.0f} s)")
+    print(f"wrote {out / (args.name + '.json')} and {out / (args.name + '.png')} ({result['wall_time_s']:.0f} s)")
     return 0
 
 
@@ -124,7 +128,7 @@ def setup_project(args):
 
     work = Path(args.work)
     if not (work / "project.yaml").exists():
-        assert cli(["init", str(work), "--space", args.space, "--target", "bitfusion",
+        assert cli(["init", str(work), "--space", args.space, "--target", args.target,
                     "--image-size", str(args.image_size)]) == 0
         cfg = yaml.safe_load((work / "project.yaml").read_text())
         cfg["seed"] = 0
@@ -325,11 +329,14 @@ def summarize(variants, args, full, ideal, ref, t0) -> dict:
             "space": args.space,
             "data": f"digits {args.image_size}x{args.image_size} (train split for training and QAFT, val split for "
                     "accuracy)",
-            "target": "bitfusion (simulated LUT; the cost objective needs no LUT)",
+            "target": f"{args.target} (the cost objective needs no LUT)",
             "objectives": ["accuracy", args.cost],
-            "cost_note": "size_bytes is what the artifact stores: 2-4-bit weights packed as INT4, so W2 is no smaller "
-                         "than W4; activation bits do not change the size",
-            "variants": {"searched": "the space as is: W and A bits in {2, 4, 8} per layer",
+            "cost_note": "size_bytes is what the artifact stores: 2-4-bit weights packed as INT4, 5-7-bit ones as INT8, "
+                         "so W2 is no smaller than W4 and W5-7 no smaller than W8; activation bits do not change "
+                         "the size",
+            "variants": {"searched": "the space as is (" + ("W{4..8}A8 per layer: BOMP's own" if args.space ==
+                                                             "bomp-mbv2-tiny" else "W and A bits in {2, 4, 8} per layer")
+                                     + ")",
                          "8": "the same space and weights with 8-bit activations in every layer (BOMP: A8)"},
             "searcher": {"name": "bo", "acquisition": args.acquisition, "pop_size": args.pop_size,
                          "batch_size": args.batch_size, "init": "cheap-front (the searcher's default)"},

@@ -118,13 +118,21 @@ def group_units(layers: list[LayerSpec]) -> list[list[LayerSpec]]:
 def block_features(specs: list[LayerSpec], layer_ms: list[float]) -> list[float]:
     """Features of a block of any length for the fusion regressor."""
     ms = np.log(np.maximum(layer_ms, 1e-4))
-    int8 = [s.quantized for s in specs]  # quantized activations (named for INT8, the common case)
+    int8 = [s.quantized for s in specs]  # quantized activations (INT8 in the common case)
+    # weights stored packed as INT4 (2-4 bits): a runtime may fold them to float weights when it compiles
+    # the model (OpenVINO) or dequantize them at every call (ONNX Runtime); either way a block of them
+    # fuses unlike an INT8 block whose layers cost the same
+    packed = [s.quantized and s.stored_w_bits == 4 for s in specs]
     return [float(len(specs)), np.log(specs[0].cin), np.log(specs[-1].out_channels), np.log(max(s.out_channels for s in specs)),
             float(max(s.kernel for s in specs)), float(max(s.stride for s in specs)), np.log(specs[0].hw),
             float(any(s.residual for s in specs)), float(sum(s.groups > 1 for s in specs)),
             float(sum(s.op == "se" for s in specs)), float(sum(s.kernel > 1 and s.groups == 1 for s in specs)),
             float(np.mean(int8)), float(sum(a != b for a, b in zip(int8, int8[1:]))), float(int8[0]), float(int8[-1]),
-            float(ms.max()), float(ms.min()), float(np.log(max(sum(layer_ms), 1e-4)))]
+            float(ms.max()), float(ms.min()), float(np.log(max(sum(layer_ms), 1e-4))), float(np.mean(packed))]
+
+
+# changes when block_features does: a stored fusion model of other features is refitted at load
+BLOCK_FEATURES_VERSION = 2
 
 
 def _precision_switches(layers: list[LayerSpec]) -> float:
@@ -293,7 +301,7 @@ class FusionModel:
         return float(np.exp(self.log_ratios(np.array([block_features(specs, layer_ms)]))[0]))
 
 
-N_BLOCK_FEATURES = 18
+N_BLOCK_FEATURES = 19  # len(block_features(...)): the trees of a stored model index these
 
 
 def _trees_of(reg: Any) -> dict[str, Any]:
@@ -343,6 +351,7 @@ def fusion_digest(table: LatencyTable) -> str:
     parts = [(k, float(b[stat])) for k, b in sorted(table.blocks.items())]
     parts += [(k, float(e[stat])) for k, e in sorted(table.entries.items())]
     parts.append(("overhead", table._overhead()))
+    parts.append(("block_features", BLOCK_FEATURES_VERSION))
     return hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:16]
 
 

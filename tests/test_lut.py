@@ -144,3 +144,18 @@ def test_a_default_calibration_picks_the_feature_set_that_generalizes():
     np.testing.assert_allclose(got, measured, rtol=0.02)
     named = fit_calibration(table, nets, measured, features=("units_sum_ms", "one"))
     assert named["features"] == ["units_sum_ms", "one"] and len(named["candidates"]) == 1
+
+
+def test_the_fusion_regressor_tells_packed_int4_blocks_from_int8_ones():
+    """Two blocks whose layers cost the same alone: one stores its weights packed (4 bits), one as INT8.
+    OpenVINO folds packed weights to float when it compiles a model, so their blocks fuse differently; the
+    regressor's features must differ, and a stored model indexes exactly these features."""
+    from bitnas.latency_luts.lut import N_BLOCK_FEATURES, block_features
+
+    blk = [LayerSpec("conv", 8, 24, 1, 1, 1, 8, "relu6"), LayerSpec("conv", 24, 24, 3, 1, 24, 8, "relu6")]
+    ms = [0.01, 0.02]
+    w4 = block_features([s.with_bits((4, 8)) for s in blk], ms)
+    w6 = block_features([s.with_bits((6, 8)) for s in blk], ms)
+    w8 = block_features([s.with_bits((8, 8)) for s in blk], ms)
+    assert len(w4) == len(w8) == N_BLOCK_FEATURES
+    assert w6 == w8 and w4 != w8  # 5-7-bit weights are stored as INT8: the same graph as W8
