@@ -8,9 +8,9 @@ compares fronts by plots and size at equal accuracy; it reports no hypervolume.
 
 What this script does, at small scale on the digits (16x16 by default):
 
-- one ``bitfusion-mbv2-tiny`` supernet (mbv2-tiny's architecture with W and A bits in {2, 4, 8} per
-  layer, no float layer: the built-in space with sub-8-bit weights; BOMP's W{4..8} has no built-in
-  space), trained once by the project (``bitnas train``'s recipe) and cached in ``--work``;
+- one ``bitfusion-mbv2-tiny`` supernet by default (mbv2-tiny's architecture with W and A bits in
+  {2, 4, 8} per layer, no float layer; ``--space bomp-mbv2-tiny`` is BOMP's own W{4..8}A8, where
+  W5-7 are stored as INT8 and so never smaller than W8), trained once by the project (``bitnas train``'s recipe) and cached in ``--work``;
 - two variants of its policy (``--activations``): ``searched``, the space as it is (activation bits
   searched too), and ``8``, every layer's activations fixed at 8 bits as in BOMP (the same space with
   each policy gene's options narrowed to W{2,4,8}A8; the same supernet weights);
