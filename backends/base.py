@@ -108,8 +108,8 @@ class PairedRatio:
     def of(a: list[np.ndarray], b: list[np.ndarray], statistic: str = "p10") -> PairedRatio:
         if len(a) != len(b) or not a:
             raise ValueError("a paired ratio needs the same number (> 0) of rounds for both models")
-        stat = (lambda x: float(np.percentile(x, 10))) if statistic == "p10" else (lambda x: float(np.median(x)))
-        per = np.array([stat(x) / stat(y) for x, y in zip(a, b)])
+        per = np.array([Measurement.from_samples(x).stat(statistic) / Measurement.from_samples(y).stat(statistic)
+                        for x, y in zip(a, b)])
         q25, q50, q75 = np.percentile(per, [25, 50, 75])
         return PairedRatio(float(q50), float(q75 - q25), tuple(float(r) for r in per))
 

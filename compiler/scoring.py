@@ -39,10 +39,6 @@ _SPECIAL = ("units_sum_ms", "one", *_PAIRWISE)
 DENSE_LIMIT = 1 << 20
 
 
-def _int8(s: LayerSpec) -> bool:
-    return s.quantized
-
-
 class BatchScorer:
     """LUT latency (``latency_ms``), ``size_bytes``, ``bitops`` and ``energy_mj`` of ordinal gene rows.
 
@@ -173,7 +169,7 @@ class BatchScorer:
             v[c["energy"]] = sum(float(e["energy_mj"]) for e in entries) if ok else 0.0
         for f in self.sum_features:
             v[c[f]] = float(NETWORK_FEATURES[f](0.0, [unit]))
-        q = [_int8(s) for s in unit]
+        q = [s.quantized for s in unit]
         v[c["first_q"]], v[c["last_q"]] = float(q[0]), float(q[-1])
         v[c["inner_switches"]] = float(sum(a != b for a, b in zip(q, q[1:])))
         v[c["present"]] = 1.0

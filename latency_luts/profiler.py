@@ -335,11 +335,12 @@ def _check_cpu_unit(specs: list[LayerSpec]) -> tuple[dict[str, list[int]], list[
     for s in specs:
         _check_cpu_bits(s)
     shapes = input_shapes(specs)
-    int8 = [i for i, s in enumerate(specs) if s.bits != FLOAT_BITS]
-    if int8 and len(shapes) > 1:
-        raise UnknownLayerError(f"{_label(specs[int8[0]])}: INT8 layers are calibrated on the unit's input alone, "
-                                "but its attention reads keys and values from outside; profile them as lone layers")
-    return shapes, int8
+    quantized = [i for i, s in enumerate(specs) if s.quantized]
+    if quantized and len(shapes) > 1:
+        raise UnknownLayerError(f"{_label(specs[quantized[0]])}: quantized layers are calibrated on the unit's input "
+                                "alone, but its attention reads keys and values from outside; profile them as lone "
+                                "layers")
+    return shapes, quantized
 
 
 def _bits_tag(specs: list[LayerSpec]) -> str:
@@ -347,14 +348,14 @@ def _bits_tag(specs: list[LayerSpec]) -> str:
     if len(specs) == 1:
         w = specs[0].w_bits
         return "int8" if w == 8 else f"w{w}a8"
-    return "q" + "".join("0" if s.bits == FLOAT_BITS else "1" if s.w_bits == 8 else str(s.w_bits) for s in specs)
+    return "q" + "".join("0" if not s.quantized else "1" if s.w_bits == 8 else str(s.w_bits) for s in specs)
 
 
 def write_unit_model(specs: Sequence[LayerSpec], folder: Path, reduce_range: bool, seed: int = 0) -> Path:
     """Write the model of a layer or unit into ``folder`` (reused if present), quantized as the compiler
     quantizes its policy: INT8 QDQ, weights below 8 bits re-stored at their width (``policy_qdq``)."""
     specs = list(specs)
-    shapes, int8 = _check_cpu_unit(specs)
+    shapes, quantized = _check_cpu_unit(specs)
     float_key = "+".join(s.with_bits(FLOAT_BITS).key for s in specs)
     stem = sha256_bytes(float_key.encode())[:16]
     fp32 = folder / f"{stem}_fp32.onnx"
@@ -363,13 +364,13 @@ def write_unit_model(specs: Sequence[LayerSpec], folder: Path, reduce_range: boo
         from bitnas.io import atomic_write_bytes
 
         atomic_write_bytes(fp32, unit_model([s.with_bits(FLOAT_BITS) for s in specs], seed).SerializeToString())
-    if not int8:
+    if not quantized:
         return fp32
     rr = "_rr" if reduce_range else ""
     q = folder / f"{stem}_{_bits_tag(specs)}{rr}.onnx"
     if q.exists():
         return q
-    nodes = [LAYER_NODE] if len(specs) == 1 else [f"{LAYER_NODE}{i}" for i in int8]
+    nodes = [LAYER_NODE] if len(specs) == 1 else [f"{LAYER_NODE}{i}" for i in quantized]
     # the policy at 8 weight bits is quantized once; narrower weights are re-stored from it, as the
     # compiler's SubByteWeights does after its one PTQ pass
     q8 = folder / f"{stem}_{_bits_tag([s.with_bits((8, 8)) if s.quantized else s for s in specs])}{rr}.onnx"
@@ -383,7 +384,7 @@ def write_unit_model(specs: Sequence[LayerSpec], folder: Path, reduce_range: boo
             src.unlink(missing_ok=True)
     if q8 == q:
         return q
-    narrow_file(q8, q, fp32, {nodes[k]: specs[i].w_bits for k, i in enumerate(int8) if specs[i].w_bits < 8})
+    narrow_file(q8, q, fp32, {nodes[k]: specs[i].w_bits for k, i in enumerate(quantized) if specs[i].w_bits < 8})
     return q
 
 

@@ -52,8 +52,10 @@ def draw_candidates(space, supernet, lut: LatencyTable | None, n: int, seed: int
         # third uniform at another shared option (INT8 in a float/INT8 space), a third mixed per layer
         mode = i % 3
         if mode < 2 and shared:
-            if mode == 0 or len(shared) <= 2:
-                bits = shared[mode if len(shared) == 2 else 0]
+            if mode == 0 or len(shared) == 1:
+                bits = shared[0]
+            elif len(shared) == 2:
+                bits = shared[1]
             else:
                 bits = shared[1 + int(rng.integers(len(shared) - 1))]
             c = space.make(c.arch_dict, {g.name: bits for g in space.policy_genes})

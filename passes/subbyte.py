@@ -138,8 +138,9 @@ def narrow_weights(onnx_model: onnx.ModelProto, params: dict[str, tuple[np.ndarr
         if len(node.input) > 2 and node.input[2]:
             bdq = producers.get(node.input[2])
             if bdq is not None and bdq.op_type == "DequantizeLinear":
-                # no runtime fuses a sub-byte conv into an integer kernel, so the bias needs no INT32
-                # form: store it in float and save its per-channel scale
+                # the bias is stored in float, as the simulation keeps it (its per-channel scale is
+                # saved); ONNX Runtime still fuses a 5-7-bit layer (INT8 storage) into QLinearConv,
+                # rounding that bias to INT32 itself
                 b = bias  # the export's own, as the simulation keeps it
                 if b is None:
                     b = (numpy_helper.to_array(inits[bdq.input[0]]).astype(np.float64)
