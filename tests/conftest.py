@@ -68,8 +68,11 @@ def quick_compile_passes(backends: list[str], repeats: int) -> list:
             {"Verify": {"backends": backends, "repeats": repeats}}, "Package"]
 
 
-def cli_train_to_artifact(run, repeats: int = 5):
-    """``train``, a quick ``profile``, ``search`` and ``compile`` of the project in ``run``: (artifact, manifest)."""
+def cli_train_to_artifact(run, repeats: int = 5, pick=None):
+    """``train``, a quick ``profile``, ``search`` and ``compile`` of the project in ``run``: (artifact, manifest).
+
+    ``pick(search.json) -> candidate id`` chooses what to compile instead of the project's ``compile.pick``.
+    """
     import json
 
     from bitnas.cli import main
@@ -78,7 +81,8 @@ def cli_train_to_artifact(run, repeats: int = 5):
     assert main(["profile", "--project", str(run), "--no-blocks", "--repeats", str(repeats), "--rounds", "1",
                  "--warmup", "1"]) == 0
     assert main(["search", "--project", str(run)]) == 0
-    assert main(["compile", "--project", str(run)]) == 0
+    chosen = ["--pick", pick(json.loads((run / "search.json").read_text()))] if pick else []
+    assert main(["compile", "--project", str(run), *chosen]) == 0
     (art,) = list((run / "artifacts").iterdir())
     return art, json.loads((art / "manifest.json").read_text())
 

@@ -24,6 +24,11 @@ def test_every_builtin_family_has_a_cpu_space():
         assert space in FAMILIES.get(fam).spaces()
 
 
+def _most_accurate(search: dict) -> str:
+    front = [e for e in search["evaluations"] if e["on_front"]]
+    return max(front, key=lambda e: (e["objectives"]["accuracy"], e["id"]))["id"]
+
+
 @pytest.mark.parametrize("family", sorted(SPACES))
 def test_family_end_to_end_through_the_cli(family, tmp_path, capsys):
     space, size = SPACES[family]
@@ -34,7 +39,10 @@ def test_family_end_to_end_through_the_cli(family, tmp_path, capsys):
     cfg["search"].update({"searcher": "random", "budget": 5, "pop_size": 5, "calib_batches": 2})
     cfg["compile"]["passes"] = quick_compile_passes(["ort", "openvino"], 20)
     (run / "project.yaml").write_text(yaml.safe_dump(cfg))
-    art, man = cli_train_to_artifact(run)
+    # the most accurate front member, not the knee: the knee moves with the LUT's timings of this run, and a
+    # 0.9-accuracy net has near-ties a runtime may flip (4 of 360 once on OpenVINO); this pick is the same in
+    # every run of the suite
+    art, man = cli_train_to_artifact(run, pick=_most_accurate)
     capsys.readouterr()
     assert man["family"] == {"name": family, "space": space}
     assert any(b[0] == 8 for b in man["candidate"]["policy"].values()), "the knee has no INT8 layer"

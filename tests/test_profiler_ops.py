@@ -309,3 +309,28 @@ def test_every_layer_a_trainable_family_emits_builds_and_runs(backends, tmp_path
                 seen_int8.add((s.op, s.act))
             path = write_unit_model(it.specs, tmp_path, reduce_range=False)
             assert backends["ort"].run(path, input_for(it.specs))[0].shape == out_shape(s), (name, s.name)
+
+
+def test_every_layer_kind_a_family_emits_runs_on_tvm_as_on_ort(tmp_path):
+    """TVM profiles every family's unit models: each kind of layer the trainable families emit (op, activation,
+    residual, float or INT8) builds with TVM's ONNX frontend and computes what ONNX Runtime computes."""
+    from bitnas.supernets import PAPER_SPACES, build_supernet, space_names
+
+    ort, tvm = get_backend("ort"), get_backend("tvm")
+    rng = np.random.default_rng(1)
+    seen: set[tuple] = set()
+    for name in (n for n in space_names() if n not in PAPER_SPACES):
+        net = build_supernet(name)
+        for it in layer_items(net.layers(net.space.sample(rng)), [(32, 32), (8, 8)]):
+            s = it.specs[0]
+            kind = (s.op, s.act, s.residual, s.act_after_add, s.bits)
+            if kind in seen:
+                continue
+            seen.add(kind)
+            path = write_unit_model(it.specs, tmp_path, reduce_range=False)
+            x = input_for(it.specs)
+            np.testing.assert_allclose(tvm.run(path, x)[0], ort.run(path, x)[0], rtol=1e-3, atol=1e-3,
+                                       err_msg=f"{name}: {s.name} {kind}")
+    ops = {k[0] for k in seen}
+    assert {"conv", "se", "dense", "attention", "layernorm", "linear"} <= ops, ops
+    assert {"hswish", "gelu", "relu"} <= {k[1] for k in seen}

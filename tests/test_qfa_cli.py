@@ -46,8 +46,9 @@ def test_qfa_search_against_bitops_measures_the_quantized_subnets(searched):
         assert e["objectives"]["bitops"] == pytest.approx(sum(s.macs * s.w_bits * s.a_bits for s in layers) / 1e9)
         bits |= {b for pair in cand.policy_dict.values() for b in pair}
     assert bits <= {2, 3, 4, 8, 32} and 3 in bits
-    # the subnets are measured with their own trained LSQ/BatchQuant quantizers: well above chance (0.1)
-    assert max(e["objectives"]["accuracy"] for e in evals) > 0.25
+    # random policies with 2-bit layers score near chance after two epochs (0.13-0.23 here); what they are
+    # measured with is checked below on the largest subnet at W4A4
+    assert all(0.0 <= e["objectives"]["accuracy"] <= 1.0 for e in evals)
     assert "BatchQuant" in result["problem"]["evaluation"]["accuracy"]
     front = [e for e in evals if e["on_front"]]
     assert front
@@ -57,6 +58,22 @@ def test_qfa_search_against_bitops_measures_the_quantized_subnets(searched):
                        and e["objectives"] != f["objectives"] for e in evals)
     assert result["problem"]["target"] == "bitops" and result["problem"]["lut_sha256"] is None
     assert not (searched / "lut.json").exists()
+
+
+def test_a_true_evaluation_reproduces_the_training_at_its_bits(searched):
+    """The search measures a subnet with the supernet's own trained LSQ/BatchQuant quantizers (calibrated, not
+    quantized after): the largest subnet at W4A4 scores what the training's last epoch measured for it."""
+    from bitnas.project import Project
+
+    project = Project.load(searched)
+    problem = project.problem()
+    space = problem.supernet.space
+    w4a4 = {g.name: (4, 4) for g in space.policy_genes if (4, 4) in g.options}  # the stem and head stay float
+    got = problem.evaluate(space.make(space.largest().arch_dict, w4a4))
+    last = json.loads((searched / "train.json").read_text())["history"][-1]
+    assert last["eval_bits"] == 4 and last["acc_largest"] > 0.4  # trained: well above chance (0.1)
+    # the same weights and quantizers; BatchQuant's ranges calibrated on the search's batches, not the training's
+    assert got["accuracy"] == pytest.approx(last["acc_largest"], abs=0.06), (got, last)
 
 
 def test_an_analytic_target_refuses_what_needs_a_lut(searched, capsys):
