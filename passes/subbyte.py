@@ -2,9 +2,12 @@
 
 A quantized layer's weight reaches its Conv/Gemm through DequantizeLinear. For a layer whose graph bits
 say ``w < 8``, the weight is re-quantized from the float export (per-channel symmetric, ``2**(w-1)-1``
-levels each side, as the search simulated) with a new scale; its bias is stored in float. Weights of 2-4 bits are stored packed in ONNX's INT4 type (opset 21) for
-runtimes that read it; weights of 5-7 bits, or any width on a runtime without INT4, are stored as INT8
-values confined to the policy's range. The artifact's size on disk follows the policy either way.
+levels each side, as the search simulated) with a new scale. Weights of 2-4 bits are stored packed in ONNX's
+INT4 type (opset 21) for runtimes that read it, with their bias in float (the runtimes dequantize them into a
+float kernel); weights of 5-7 bits, or any width on a runtime without INT4, are stored as INT8 values
+confined to the policy's range. A 5-7-bit layer keeps an INT32 bias at ``input scale x its new weight scale``,
+as an 8-bit layer does: ONNX Runtime fuses it into QLinearConv, whose integer bias is on that grid, and the
+simulation rounds it so (``has_int32_bias``). The artifact's size on disk follows the policy either way.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ from bitnas.passes.assign_bits import layer_bits_of, set_layer_bits
 from bitnas.passes.export_onnx import QUANT_OPS, OnnxModel
 from bitnas.pipeline import Pass, PassContext
 from bitnas.space import FLOAT_BITS, Bits
-from bitnas.supernets.quant import stored_scale, weight_qmax
+from bitnas.supernets.quant import has_int32_bias, stored_scale, weight_qmax
 
 INT4_OPSET = 21
 # runtimes that run INT4 weights: ONNX Runtime and OpenVINO read them; TVM's frontend cannot, so its
@@ -138,20 +141,26 @@ def narrow_weights(onnx_model: onnx.ModelProto, params: dict[str, tuple[np.ndarr
         if len(node.input) > 2 and node.input[2]:
             bdq = producers.get(node.input[2])
             if bdq is not None and bdq.op_type == "DequantizeLinear":
-                # the bias is stored in float, as the simulation keeps it (its per-channel scale is
-                # saved); ONNX Runtime still fuses a 5-7-bit layer (INT8 storage) into QLinearConv,
-                # rounding that bias to INT32 itself
-                b = bias  # the export's own, as the simulation keeps it
+                b = bias  # the export's own, rounded once (or kept) as the simulation does
                 if b is None:
                     b = (numpy_helper.to_array(inits[bdq.input[0]]).astype(np.float64)
                          * numpy_helper.to_array(inits[bdq.input[1]]).astype(np.float64)).astype(np.float32)
                 taken = {t.name for t in graph.initializer} | {o for n in graph.node for o in n.output}
-                b_name, k = f"{node.name}.bias_f32", 0
-                while b_name in taken:
-                    k += 1
-                    b_name = f"{node.name}.bias_f32_{k}"
-                graph.initializer.append(numpy_helper.from_array(b, b_name))
-                node.input[2] = b_name
+                xdq = producers.get(node.input[0])
+                if has_int32_bias(w_bits) and xdq is not None and xdq.op_type == "DequantizeLinear":
+                    # INT32 at the input's scale x the new weight scale (the bias DequantizeLinear stays)
+                    in_scale = numpy_helper.to_array(inits[xdq.input[1]]).reshape(-1)[0]
+                    bq, b_scale = int32_bias(b, in_scale, scale)
+                    names = [_fresh(f"{node.name}.bias_q{w_bits}", taken),
+                             _fresh(f"{node.name}.bias_scale{w_bits}", taken)]
+                    graph.initializer.extend([numpy_helper.from_array(bq, names[0]),
+                                              numpy_helper.from_array(b_scale, names[1])])
+                    del bdq.input[:]
+                    bdq.input.extend(names)
+                else:  # 2-4 bits: a float bias, as the float kernel the runtimes run these layers in adds it
+                    b_name = _fresh(f"{node.name}.bias_f32", taken)
+                    graph.initializer.append(numpy_helper.from_array(np.asarray(b, np.float32), b_name))
+                    node.input[2] = b_name
     for after, cast in new_nodes:
         graph.node.insert(list(graph.node).index(after) + 1, cast)
     _drop_unused(graph)
@@ -195,6 +204,16 @@ def narrow_file(int8: Path, dst: Path, float_src: Path, narrow: dict[str, int], 
     model = narrow_weights(onnx.load(str(int8)), float_params(float_src), narrow, storage)
     onnx.checker.check_model(model)
     atomic_write_bytes(dst, model.SerializeToString())
+
+
+def _fresh(name: str, taken: set[str]) -> str:
+    """``name``, or ``name_k`` for the first k that no initializer or node output of the graph has taken."""
+    out, k = name, 0
+    while out in taken:
+        k += 1
+        out = f"{name}_{k}"
+    taken.add(out)
+    return out
 
 
 def _drop_unused(graph: onnx.GraphProto) -> None:

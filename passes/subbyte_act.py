@@ -6,9 +6,9 @@ scale and zero point of ``2**a`` levels that the search's simulated quantizer ca
 asymmetric, min/max over the same calibration batches) and puts a ``Clip`` to that range in front of each
 QuantizeLinear, so the stored UINT8 codes stay within ``[0, 2**a - 1]`` exactly as the simulation clamps
 them. Where a narrow layer reads a tensor another layer's pair quantizes at other bits, it gets a pair of
-its own (the simulation re-quantizes there too). An 8-bit-weight layer whose input scale changed gets its
-INT32 bias re-quantized to the new ``input scale x weight scale``, as the simulation rounds it. Layers at 8
-bits are left as the static quantizer wrote them.
+its own (the simulation re-quantizes there too). A layer with an INT32 bias (5-8 weight bits,
+``has_int32_bias``) whose input scale changed gets it re-quantized to the new ``input scale x weight
+scale``, as the simulation rounds it. Layers at 8 bits are left as the static quantizer wrote them.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from bitnas.passes.export_onnx import QUANT_OPS, OnnxModel
 from bitnas.passes.subbyte import _drop_unused, float_params, int32_bias
 from bitnas.pipeline import Pass, PassContext
 from bitnas.supernets.evaluate import calibration_batches
+from bitnas.supernets.quant import has_int32_bias
 from bitnas.supernets.static import quantize_net
 
 Params = tuple[float, int, int]  # (scale, zero point, qmax)
@@ -189,7 +190,7 @@ class SubByteActivations(Pass):
             dq = G.producer(node.input[0])
             if dq is None or dq.op_type != "DequantizeLinear":
                 raise InternalError(f"{self.name}: layer '{name}' reads no quantized input")
-            if bits[name][0] >= 8:
+            if has_int32_bias(bits[name][0]):
                 _requantize_bias(G, node, want[0], floats[name][1])
             src = owner.get(dq.output[0])
             if src is not None and ranges[src][1] == want:
@@ -210,7 +211,7 @@ class SubByteActivations(Pass):
             dq = G.producer(node.input[0])
             if dq is not None and dq.op_type == "DequantizeLinear" and dq.output[0] in owner:
                 _new_pair(G, dq.output[0], node, 0, ranges[name][0], f"{name}.in")
-                if bits[name][0] >= 8:
+                if has_int32_bias(bits[name][0]):
                     _requantize_bias(G, node, ranges[name][0][0], floats[name][1])
         _drop_unused(G.g)
         set_layer_bits(onnx_model, bits)

@@ -19,6 +19,17 @@ def weight_qmax(bits: int, reduce_range: bool = False) -> int:
     return 2 ** (eff - 1) - 1
 
 
+# weights of this many bits and more are stored as INT8 values (below it, packed INT4) and their layer's bias as
+# INT32 at ``input scale x weight scale``: the runtimes fuse such a layer into an integer kernel (ONNX Runtime's
+# QLinearConv, for 5-7-bit weights too), which rounds the bias to that grid
+INT32_BIAS_MIN_BITS = 5
+
+
+def has_int32_bias(w_bits: int) -> bool:
+    """Whether a quantized layer of ``w_bits`` weight bits carries an INT32 bias (else a float one)."""
+    return INT32_BIAS_MIN_BITS <= w_bits <= 8
+
+
 def stored_scale(scale: np.ndarray, bits: int) -> np.ndarray:
     """A sub-byte weight scale as the artifact stores it: half precision, with few enough significant bits
     that every ``q * scale`` (|q| <= 2**(bits-1)-1) is exact in half precision too.

@@ -10,7 +10,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from bitnas.space import Bits
-from bitnas.supernets.quant import ActQuant, fake_quant_bias, fake_quant_weight, set_calibrating, weight_scale
+from bitnas.supernets.quant import (
+    ActQuant,
+    fake_quant_bias,
+    fake_quant_weight,
+    has_int32_bias,
+    set_calibrating,
+    weight_scale,
+)
 
 _ACTS = {"relu6": lambda x: F.relu6(x), "relu": F.relu, "hswish": F.hardswish, "gelu": F.gelu,
          "none": lambda x: x}
@@ -61,8 +68,8 @@ class QuantUnit(nn.Module):
         return fake_quant_weight(w, self.w_bits, self.reduce_range) if self._quantizing() else w
 
     def _bias(self, b: torch.Tensor | None, w: torch.Tensor) -> torch.Tensor | None:
-        # INT8 layers carry an INT32 bias; narrower layers keep theirs in float (see SubByteWeights)
-        if b is None or not self._quantizing() or self.w_bits < 8:
+        # layers stored as INT8 values (5-8 bits) carry an INT32 bias; packed 2-4-bit layers a float one
+        if b is None or not self._quantizing() or not has_int32_bias(self.w_bits):
             return b
         return fake_quant_bias(b, self.in_q.qparams()[0], weight_scale(w, self.w_bits, self.reduce_range))
 

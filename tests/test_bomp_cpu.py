@@ -122,3 +122,8 @@ def test_bo_searches_the_weight_widths_and_a_mixed_candidate_compiles_and_verifi
     assert {w for w, _ in graph_bits.values()} == {4, 5, 6, 7, 8}
     for backend in ("ort", "openvino", "tvm"):
         assert man["measured"][backend]["top1_agreement_vs_fakequant"] >= 0.99, (backend, man["measured"][backend])
+    # ONNX Runtime runs the 5-7-bit layers in QLinearConv, with their INT32 bias on the grid the simulation
+    # rounds it to: its logits are the simulation's up to rounding, as TVM's (measured 0.0014 and 0.0016; with
+    # the bias stored in float, which ONNX Runtime rounded its own way, 0.025); OpenVINO's arithmetic: 0.025
+    for backend in ("ort", "tvm"):
+        assert man["measured"][backend]["mean_abs_logit_error_vs_fakequant"] < 0.01, (backend, man["measured"][backend])

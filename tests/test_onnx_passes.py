@@ -301,14 +301,16 @@ def test_subbyte_weights_narrow_only_the_layers_below_8_bits(case, before, data,
     m = onnx.load(str(out.path))
     onnx.checker.check_model(m, full_check=True)
     packed = storage.startswith("Cast")
+    int32 = bits >= 5  # 5-7 bits: an INT32 bias, as ONNX Runtime's QLinearConv rounds it; 2-4: a float one
     # Expected: the PTQ graph, except a's weight (re-quantized at its bits, scale FLOAT16 then a Cast when
-    # packed) and a's bias (float: no sub-byte kernel reads an INT32 bias); a's old INT8 weight, INT32 bias
-    # and their zero points and scales are gone
+    # packed) and a's bias (INT32 at the input scale x the new weight scale for 5-7 bits; float for 2-4, whose
+    # layers the runtimes run in a float kernel); a's old INT8 weight and their zero points and scales are gone
     assert data_path(m) == PTQ_PATH
-    assert param_storage(m) == {**PTQ_PARAMS, "a": (storage, "FLOAT")}
+    assert param_storage(m) == {**PTQ_PARAMS, "a": (storage, "DequantizeLinear(INT32)" if int32 else "FLOAT")}
     assert Counter(n.op_type for n in m.graph.node) == PTQ_OPS + Counter(
-        {"DequantizeLinear": -1, **({"Cast": 1} if packed else {})})
-    expected_types = Counter({"FLOAT": 2 + 4 + 2 + 1, "UINT8": 4, "INT8": 2, "INT32": 2})
+        {"DequantizeLinear": 0 if int32 else -1, **({"Cast": 1} if packed else {})})
+    # the last FLOAT: a's float bias, or the scale of its INT32 bias
+    expected_types = Counter({"FLOAT": 2 + 4 + 2 + 1, "UINT8": 4, "INT8": 2, "INT32": 2 + int32})
     expected_types.update({"INT4": 1, "FLOAT16": 1} if packed else {"INT8": 1, "FLOAT": 1})
     assert init_types(m) == expected_types
     assert next(i.version for i in m.opset_import if i.domain in ("", "ai.onnx")) == opset
@@ -326,6 +328,14 @@ def test_subbyte_weights_narrow_only_the_layers_below_8_bits(case, before, data,
     assert qv.min() >= -qmax and qv.max() <= qmax
     s = scale.astype(np.float32).reshape(-1, 1, 1, 1)
     assert np.all(np.abs(qv.astype(np.float32) * s - w) <= s / 2 + 1e-3 * np.abs(w).max())
+    if int32:  # rounded once from the float bias, at the input's scale x a's new weight scale
+        qb, bias_scale, rest = weight_of(m, "a", index=2)
+        producers = {o: n for n in m.graph.node for o in n.output}
+        x_dq = producers[next(n for n in m.graph.node if n.name == "a").input[0]]
+        x_scale = numpy_helper.to_array(next(t for t in m.graph.initializer if t.name == x_dq.input[1]))
+        np.testing.assert_allclose(bias_scale, float(x_scale) * scale.astype(np.float32), rtol=1e-6)
+        b = numpy_helper.to_array(next(t for t in onnx.load(str(before)).graph.initializer if t.name == "a.bias"))
+        np.testing.assert_array_equal(qb, np.rint(b / bias_scale).astype(np.int32))
     # fc keeps the PTQ's INT8 weight as it was
     np.testing.assert_array_equal(weight_of(m, "fc")[0], weight_of(onnx.load(str(q.path)), "fc")[0])
     assert_close_to_float(run_ort(out.path, data.x_val), ref, rel=0.1)
