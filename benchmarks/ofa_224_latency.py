@@ -1,19 +1,21 @@
 """A once-for-all supernet at 224x224 (MobileNetV3 w1.0, or ResNet-50 with ``--family resnet``): import,
 profile, search, compile; is the knee's LUT prediction what its artifact measures?
 
-For each target (ONNX Runtime, OpenVINO with f32 pinned; 1 thread, batch 1) the script writes a
+For each target (ONNX Runtime, OpenVINO with f32 pinned, or TVM; batch 1, ``--threads`` intra-op
+threads, 1 by default, for profiling and Verify alike) the script writes a
 once-for-all checkpoint of random weights under ``ofa``'s own keys (latency does not depend on the weights),
 runs ``bitnas import-supernet --image-size 224 --epochs 0``, ``bitnas profile`` (every layer at FP32 and
 INT8, every fusion unit whole, network-level correction fitted on ``--calibrate`` subnets), ``bitnas
 search`` on latency and size (NSGA-II, LUT only), ``bitnas compile --pick knee`` (INC static PTQ, Verify on
-ONNX Runtime and OpenVINO), and compares the knee's predicted latency with the latency Verify measured on
+ONNX Runtime, OpenVINO and the target's own runtime), and compares the knee's predicted latency with the latency Verify measured on
 the target's own runtime (same statistic, p10). Optionally ``--validate N`` also runs ``bitnas lut
 validate`` on N subnets. Run it on an idle machine: it times things (about 40 minutes).
 
-    python benchmarks/ofa_224_latency.py --out benchmarks/results [--targets ort-cpu openvino-cpu]
-        [--family mbv3|resnet]
+    python benchmarks/ofa_224_latency.py --out benchmarks/results [--targets ort-cpu openvino-cpu tvm-llvm]
+        [--family mbv3|resnet] [--threads N] [--skip-compile]
 
-writes ``ofa_224_latency.json`` (MobileNetV3) or ``ofa_224_latency.resnet.json``.
+writes ``ofa_224_latency.json`` (MobileNetV3) or ``ofa_224_latency.resnet.json``, keeping the rows of other
+targets and thread counts already there.
 """
 
 from __future__ import annotations
