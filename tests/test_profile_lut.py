@@ -232,3 +232,20 @@ def test_calibration_features_are_named_and_checked(tmp_path):
         LatencyTable.from_dict({**shipped, "calibration": {**four, "features": ["units", "flops"]}}, "bad.json")
     with pytest.raises(LutError, match="short.json: field 'calibration.coef' must hold 4 finite numbers"):
         LatencyTable.from_dict({**shipped, "calibration": {**four, "coef": [1.0]}}, "short.json")
+
+
+def test_tvm_profiles_a_transformer_space_through_the_cli(tmp_path):
+    """``bitnas profile --target tvm-llvm`` on ViT's space (attention, LayerNorm, GELU dense layers): every
+    layer of its subnets at FP32 and INT8 is in the LUT, timed on TVM."""
+    from bitnas.supernets import build_supernet
+
+    out = tmp_path / "tvm.json"
+    assert main(["profile", "--target", "tvm-llvm", "--family", "vit", "--space", "vit-tiny", "--image-size", "16",
+                 "--out", str(out), "--no-blocks", "--repeats", "3", "--rounds", "1", "--warmup", "1",
+                 "--chunk", "400"]) == 0
+    lut = LatencyTable.load(out)
+    assert lut.target == "tvm-llvm" and lut.measurement["backend"] == "tvm"
+    assert {k.split("|")[0] for k in lut.entries} >= {"attention", "layernorm", "dense"}
+    net = build_supernet("vit-tiny", image_size=16)
+    for c in (net.space.largest((8, 8)), net.space.smallest((32, 32))):
+        assert lut.predict(net.layers(c))["latency_ms"] > 0
