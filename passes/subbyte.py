@@ -149,14 +149,12 @@ def narrow_weights(onnx_model: onnx.ModelProto, params: dict[str, tuple[np.ndarr
                 xdq = producers.get(node.input[0])
                 if has_int32_bias(w_bits) and xdq is not None and xdq.op_type == "DequantizeLinear":
                     # INT32 at the input's scale x the new weight scale (the bias DequantizeLinear stays)
+                    if xdq.input[1] not in inits:
+                        raise InternalError(f"layer '{node.name}': its input scale '{xdq.input[1]}' is not an "
+                                            "initializer")
                     in_scale = numpy_helper.to_array(inits[xdq.input[1]]).reshape(-1)[0]
-                    bq, b_scale = int32_bias(b, in_scale, scale)
-                    names = [_fresh(f"{node.name}.bias_q{w_bits}", taken),
-                             _fresh(f"{node.name}.bias_scale{w_bits}", taken)]
-                    graph.initializer.extend([numpy_helper.from_array(bq, names[0]),
-                                              numpy_helper.from_array(b_scale, names[1])])
-                    del bdq.input[:]
-                    bdq.input.extend(names)
+                    store_int32_bias(graph, bdq, b, in_scale, scale, f"{node.name}.bias", w_bits, taken)
+                    del bdq.input[2:]  # symmetric: no zero point
                 else:  # 2-4 bits: a float bias, as the float kernel the runtimes run these layers in adds it
                     b_name = _fresh(f"{node.name}.bias_f32", taken)
                     graph.initializer.append(numpy_helper.from_array(np.asarray(b, np.float32), b_name))
@@ -204,6 +202,18 @@ def narrow_file(int8: Path, dst: Path, float_src: Path, narrow: dict[str, int], 
     model = narrow_weights(onnx.load(str(int8)), float_params(float_src), narrow, storage)
     onnx.checker.check_model(model)
     atomic_write_bytes(dst, model.SerializeToString())
+
+
+def store_int32_bias(graph: onnx.GraphProto, bdq: onnx.NodeProto, bias: np.ndarray, in_scale: float,
+                     w_scale: np.ndarray, base: str, tag: object, taken: set[str]) -> list[onnx.TensorProto]:
+    """Point the bias DequantizeLinear ``bdq`` at a new INT32 bias and scale (``int32_bias``), added to
+    ``graph`` as ``{base}_q{tag}`` and ``{base}_scale{tag}`` (made unique in ``taken``); return the two
+    initializers as the graph holds them. Any zero point ``bdq`` reads stays."""
+    q, scale = int32_bias(bias, in_scale, w_scale)
+    names = [_fresh(f"{base}_q{tag}", taken), _fresh(f"{base}_scale{tag}", taken)]
+    graph.initializer.extend([numpy_helper.from_array(q, names[0]), numpy_helper.from_array(scale, names[1])])
+    bdq.input[0], bdq.input[1] = names
+    return list(graph.initializer[-2:])
 
 
 def _fresh(name: str, taken: set[str]) -> str:

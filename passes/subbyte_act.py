@@ -23,7 +23,7 @@ from bitnas.errors import InternalError
 from bitnas.io import atomic_write_bytes
 from bitnas.passes.assign_bits import layer_bits_of, set_layer_bits
 from bitnas.passes.export_onnx import QUANT_OPS, OnnxModel
-from bitnas.passes.subbyte import _drop_unused, float_params, int32_bias
+from bitnas.passes.subbyte import _drop_unused, _fresh, float_params, store_int32_bias
 from bitnas.pipeline import Pass, PassContext
 from bitnas.supernets.evaluate import calibration_batches
 from bitnas.supernets.quant import has_int32_bias
@@ -63,12 +63,7 @@ class _Graph:
         return [n for n in self.g.node if tensor in n.input]
 
     def name(self, base: str) -> str:
-        out, k = base, 0
-        while out in self.taken:
-            k += 1
-            out = f"{base}_{k}"
-        self.taken.add(out)
-        return out
+        return _fresh(base, self.taken)
 
     def scalar(self, base: str, value, dtype) -> str:
         name = self.name(base)
@@ -135,12 +130,8 @@ def _requantize_bias(G: _Graph, node: onnx.NodeProto, in_scale: float, bias: np.
         return
     if bias is None:
         bias = G.array(bdq.input[0]).astype(np.float64) * G.array(bdq.input[1]).astype(np.float64)
-    q, scale = int32_bias(bias, in_scale, G.array(wdq.input[1]))
-    qn = G.name(f"{node.name}.bias_q")
-    sn = G.name(f"{node.name}.bias_scale")
-    G.g.initializer.extend([numpy_helper.from_array(q, qn), numpy_helper.from_array(scale, sn)])
-    G.inits[qn], G.inits[sn] = G.g.initializer[-2], G.g.initializer[-1]
-    bdq.input[0], bdq.input[1] = qn, sn
+    for t in store_int32_bias(G.g, bdq, bias, in_scale, G.array(wdq.input[1]), f"{node.name}.bias", "", G.taken):
+        G.inits[t.name] = t
 
 
 class SubByteActivations(Pass):
