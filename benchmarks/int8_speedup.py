@@ -39,7 +39,7 @@ import torch
 from bitnas.api import TARGETS
 from bitnas.backends import interleaved_timing
 from bitnas.fingerprint import device_fingerprint
-from bitnas.io import atomic_write_json, sha256_bytes
+from bitnas.io import atomic_write_json
 from bitnas.passes import AssignBitwidths, ExportOnnx, IncStaticPtq
 from bitnas.passes.export_onnx import INPUT_NAME
 from bitnas.pipeline import PassContext
@@ -57,8 +57,7 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=32, help="32: the demo space; 224: bitnas's 224 spaces (--spaces)")
     ap.add_argument("--spaces", default=SPACES_224, help="--size 224: spaces timed")
     ap.add_argument("--archs", default="largest", help="--size 224: subnets of each space (largest, middle)")
-    ap.add_argument("--tools", default=",".join(TOOLS), help="--size 224: INT8 artifacts compared "
-                    f"({', '.join(TOOLS)}; experiment: {', '.join(EXPERIMENTS)})")
+    ap.add_argument("--tools", default=",".join(TOOLS), help=f"--size 224: INT8 artifacts compared ({', '.join(TOOLS)})")
     ap.add_argument("--runtimes", default=",".join(RUNTIMES), help="--size 224: runtimes timed")
     ap.add_argument("--runs", type=int, default=3, help="--size 224: repeats of the whole interleaved comparison")
     ap.add_argument("--rounds", type=int, default=10, help="--size 224: interleaved rounds per run")
@@ -150,7 +149,6 @@ def plot(results: dict, path: Path) -> None:
 
 SPACES_224 = "ofa-proxyless-w1.3,ofa-mbv3-w1.0,ofa-resnet50"
 TOOLS = ("bitnas", "ort-quant", "nncf")
-EXPERIMENTS = ("bitnas+qadd",)  # see int8_experiments.py: not the compiler
 RUNTIMES = ("ort", "openvino-f32", "openvino-default")
 YMAX = 1.6  # the plot's ratio axis
 GOALS = {"ort": 0.45, "openvino-f32": 0.40, "openvino-default": 0.70}  # issue 13's INT8/FP32 ceilings
@@ -217,25 +215,6 @@ def _nncf_quantize(fp32: Path, dst: Path, calib: list[np.ndarray]) -> None:
     q = nncf.quantize(onnx.load(str(fp32)), nncf.Dataset(samples, lambda x: {INPUT_NAME: x}),
                       subset_size=len(samples))
     onnx.save(q, str(dst))
-
-
-def _experiments(tools, net, cand, data, work: Path, bitnas_q: Path, args) -> dict[str, Path]:
-    """The experiments of ``int8_experiments.py`` asked for in ``tools``: rewritten bitnas artifacts."""
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from int8_experiments import requantize_adds
-
-    out: dict[str, Path] = {}
-    if "bitnas+qadd" in tools:
-        out["bitnas+qadd"] = work / "bitnas_qadd.onnx"
-        requantize_adds(bitnas_q, out["bitnas+qadd"])
-    return out
-
-
-def _signature(path: Path) -> str:
-    """A digest of a model's nodes and initializers (names included): equal for the same graph."""
-    m = onnx.load(str(path))
-    return sha256_bytes(b"".join(n.SerializeToString() for n in m.graph.node)
-                        + b"".join(t.SerializeToString() for t in m.graph.initializer))
 
 
 def _ort_kernels(path: Path) -> dict[str, int]:
@@ -310,8 +289,8 @@ def run_spaces(args) -> None:
 
     tools = [t.strip() for t in args.tools.split(",")]
     for t in tools:
-        if t not in TOOLS + EXPERIMENTS:
-            raise SystemExit(f"--tools: unknown '{t}' (have {', '.join(TOOLS + EXPERIMENTS)})")
+        if t not in TOOLS:
+            raise SystemExit(f"--tools: unknown '{t}' (have {', '.join(TOOLS)})")
     runtimes = [r.strip() for r in args.runtimes.split(",")]
     for r in runtimes:
         if r not in RUNTIMES:
@@ -342,8 +321,6 @@ def run_spaces(args) -> None:
         "reduce_range": reduce_range,
         "openvino_default_precision": str(ov.Core().get_property("CPU", "INFERENCE_PRECISION_HINT")),
         "goals": GOALS, "tools": tools, "runtimes": runtimes,
-        "experiments": "bitnas+* are rewrites of bitnas's artifact made by benchmarks/int8_experiments.py, not "
-                       "what the compiler emits (qadd: residual Adds made to write to Q, read as QLinearAdd)",
         "models": [], "cells": [],
     }
     t_start = time.perf_counter()
@@ -373,8 +350,6 @@ def run_spaces(args) -> None:
                     paths = {"fp32": fp32}
                     if "bitnas" in tools:
                         paths["bitnas"] = bitnas_q
-                    if any(t in EXPERIMENTS for t in tools):
-                        paths.update(_experiments(tools, net, cand, data, work, bitnas_q, args))
                     if "ort-quant" in tools:
                         paths["ort-quant"] = work / "ort_quant.onnx"
                         _ort_quantize(fp32, paths["ort-quant"], calib, reduce_range)
@@ -402,19 +377,11 @@ def run_spaces(args) -> None:
                 print(f"{space_name} {label}: {model['macs'] / 1e6:.0f} MMACs, built in {build_s:.0f} s; "
                       + ", ".join(f"{n} {g.get('top1_agreement', 1):.2f}/{g.get('cosine', 1):.3f}"
                                   for n, g in model["graphs"].items()), flush=True)
-                # an experiment whose graph is bitnas's own (nothing to rewrite in this space) is not timed twice
-                same = {}
-                if "bitnas" in paths:
-                    base = _signature(paths["bitnas"])
-                    same = {n: "bitnas" for n in paths if n in EXPERIMENTS and _signature(paths[n]) == base}
-                model["same_graph_as"] = same
-                runners = {f"{rt}|{name}": backends[rt].timer(p, feed) for rt in runtimes
-                           for name, p in paths.items() if name not in same}
+                runners = {f"{rt}|{name}": backends[rt].timer(p, feed) for rt in runtimes for name, p in paths.items()}
                 runs = []
                 for r in range(args.runs):
                     t = interleaved_timing(runners, warmup=args.warmup, repeats=args.repeats, rounds=args.rounds)
                     row = {k: {"median_ms": m.median_ms, "p10_ms": m.p10_ms, "iqr_ms": m.iqr_ms} for k, m in t.items()}
-                    row.update({f"{rt}|{n}": row[f"{rt}|{b}"] for n, b in same.items() for rt in runtimes})
                     runs.append(row)
                     print(f"  run {r + 1}: " + "  ".join(
                             f"{k} {m.median_ms:.2f}" for k, m in t.items()), flush=True)
@@ -426,8 +393,6 @@ def run_spaces(args) -> None:
                         if name == "fp32":
                             continue
                         cell = {"space": space_name, "arch": label, "runtime": rt, "tool": name}
-                        if name in same:
-                            cell["same_graph_as"] = same[name]
                         for stat in ("median_ms", "p10_ms"):
                             ratios = [run[f"{rt}|{name}"][stat] / run[f"{rt}|fp32"][stat] for run in runs]
                             key = "ratio" if stat == "median_ms" else "ratio_p10"

@@ -4,16 +4,16 @@ quantizer (OrtStaticPtq), one algorithm behind both engines.
 The nodes whose bits (read from the graph, see AssignBitwidths) have weights and activations of 2 to 8 bits
 are quantized: weights per-channel symmetric INT8 (SubByteWeights narrows those below 8 bits afterwards),
 activations per-tensor asymmetric UINT8 (SubByteActivations narrows those below 8 bits afterwards); float
-layers stay float. ``reduce_range``
-(7-bit weights) defaults to on when the CPU lacks an INT8 dot-product instruction, where u8s8 products can
-saturate.
+layers stay float. Residual Adds that quantized convolutions read are quantized too (``requantize_adds``), so
+the runtimes run them as integer kernels. ``reduce_range`` (7-bit weights) defaults to on when the CPU lacks
+an INT8 dot-product instruction, where u8s8 products can saturate.
 """
 
 from __future__ import annotations
 
 import logging
 from abc import abstractmethod
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from pathlib import Path
 from typing import Literal
 
@@ -60,14 +60,143 @@ def _reader(base, batches: Sequence[np.ndarray], input_name: str):
     return _Reader()
 
 
-def _restore_names(src: Path, dst: Path, nodes: Iterable[str]) -> None:
-    """Quantizers rename the nodes they quantize (``X_quant``); give them their layer names back."""
-    model = onnx.load(str(src))
+def _finish(tmp: Path, dst: Path, nodes: Iterable[str], reduce_from: Path | None, narrow: Collection[str]) -> int:
+    """Write ``dst`` from a quantizer's output ``tmp``: layer names back (quantizers rename the nodes they
+    quantize ``X_quant``), weights at the reduced range when ``reduce_from`` (the float export) is given, and
+    the residual Adds quantized (``requantize_adds``); return how many Adds."""
+    model = onnx.load(str(tmp))
     wanted = set(nodes)
     for node in model.graph.node:
         if node.op_type in QUANT_OPS and node.name.endswith("_quant") and node.name[:-6] in wanted:
             node.name = node.name[:-6]
+    if reduce_from is not None:
+        reduce_weight_range(model, reduce_from)
+    adds = requantize_adds(model, narrow)
     atomic_write_bytes(dst, model.SerializeToString())
+    return adds
+
+
+def requantize_adds(model: onnx.ModelProto, narrow: Collection[str] = ()) -> int:
+    """Quantize the residual Adds in place, as ONNX Runtime's and OpenVINO's integer kernels want them;
+    return how many.
+
+    The static quantizers here quantize the inputs of convolutions only. An Add whose output a conv reads
+    through a QuantizeLinear then still writes float, its other readers (the skip path into the next Add)
+    read that float, and the runtimes run the Add and the QuantizeLinear as float ops. Here such an Add
+    writes to that QuantizeLinear alone and each of its float readers reads a DequantizeLinear of it, so
+    the Add reads DQ outputs and writes to Q: ONNX Runtime's QLinearAdd, an integer Eltwise in OpenVINO.
+    ResNet's Add, Relu gets a QuantizeLinear at the Relu's quantization parameters (its zero point is 0,
+    so it clips as the Relu does) between the two, and the Relu's readers read a DQ of its Q in the same way.
+
+    An Add is left as it is unless every quantized reader of its output is a convolution whose activations
+    stay at 8 bits (not in ``narrow``, the layers ``SubByteActivations`` gives ranges of their own). The
+    simulated quantization (``supernets.static.AddRequant``) applies the same rule.
+    """
+    from onnx import helper, numpy_helper
+
+    from bitnas.passes.subbyte import _fresh
+
+    g = model.graph
+    outputs = {o.name for o in g.output}
+    inits = {t.name: t for t in g.initializer}
+    readers: dict[str, list[onnx.NodeProto]] = {}
+    for n in g.node:
+        for i in n.input:
+            readers.setdefault(i, []).append(n)
+    producers = {o: n for n in g.node for o in n.output}
+    taken = {t.name for t in g.initializer} | set(producers) | {n.name for n in g.node}
+
+    def zero_at_0(q: onnx.NodeProto) -> bool:
+        zero = inits.get(q.input[2]) if len(q.input) > 2 else None
+        return zero is not None and not numpy_helper.to_array(zero).any()
+
+    def read_dq_inputs(add: onnx.NodeProto) -> None:
+        """An input the Add reads as Relu(DQ(x)) with the DQ's zero point at 0 is that DQ's output (the Relu
+        changes nothing there), so the Add reads DQ outputs only."""
+        for k, name in enumerate(add.input):
+            relu = producers.get(name)
+            dq = producers.get(relu.input[0]) if relu is not None and relu.op_type == "Relu" else None
+            if dq is not None and dq.op_type == "DequantizeLinear" and zero_at_0(dq):
+                add.input[k] = dq.output[0]
+
+    def the_quantizer(y: str) -> onnx.NodeProto | None:
+        """The one QuantizeLinear of ``y`` if every node it feeds is an 8-bit conv's input, else None."""
+        qs = [r for r in readers.get(y, []) if r.op_type == "QuantizeLinear"]
+        if len(qs) != 1 or y in outputs:
+            return None
+        dqs = readers.get(qs[0].output[0], [])
+        convs = [c for dq in dqs for c in readers.get(dq.output[0], [])]
+        if not dqs or any(dq.op_type != "DequantizeLinear" for dq in dqs) or not convs:
+            return None
+        if any(c.op_type != "Conv" or c.input[0] not in {dq.output[0] for dq in dqs} or c.name in narrow
+               for c in convs):
+            return None
+        return qs[0]
+
+    def read_dq(y: str, q: onnx.NodeProto, new: list[onnx.NodeProto]) -> None:
+        """Every reader of ``y`` but ``q`` reads a DequantizeLinear of ``q`` instead."""
+        others = [c for c in readers.get(y, []) if c is not q]
+        if not others:
+            return
+        out = _fresh(f"{y}_dq", taken)
+        new.append(helper.make_node("DequantizeLinear", [q.output[0], *q.input[1:]], [out],
+                                    name=_fresh(f"{y}_dequantize", taken)))
+        for c in others:
+            c.input[:] = [out if i == y else i for i in c.input]
+
+    done, new = 0, []
+    for n in list(g.node):
+        if n.op_type != "Add" or n.output[0] in outputs:
+            continue
+        y = n.output[0]
+        q = the_quantizer(y)
+        if q is not None:
+            read_dq(y, q, new)
+            read_dq_inputs(n)
+            done += 1
+            continue
+        users = readers.get(y, [])
+        if len(users) != 1 or users[0].op_type != "Relu":
+            continue
+        relu = users[0]
+        rq = the_quantizer(relu.output[0])
+        if rq is None:
+            continue
+        if not zero_at_0(rq):
+            raise InternalError(f"Relu '{relu.name}' after Add '{n.name}' is quantized with a zero point other "
+                                "than 0")
+        q_out, dq_out = _fresh(f"{y}_q", taken), _fresh(f"{y}_dq", taken)
+        new += [helper.make_node("QuantizeLinear", [y, *rq.input[1:]], [q_out], name=_fresh(f"{y}_quantize", taken)),
+                helper.make_node("DequantizeLinear", [q_out, *rq.input[1:]], [dq_out],
+                                 name=_fresh(f"{y}_dequantize", taken))]
+        relu.input[0] = dq_out
+        read_dq(relu.output[0], rq, new)
+        read_dq_inputs(n)
+        done += 1
+    if new:
+        nodes = topological(list(g.node) + new, {i.name for i in g.input} | set(inits) | {""})
+        del g.node[:]
+        g.node.extend(nodes)
+    return done
+
+
+def topological(nodes: list[onnx.NodeProto], available: set[str]) -> list[onnx.NodeProto]:
+    """``nodes`` in an order where each reads only ``available`` names or earlier nodes' outputs, as close to
+    the given order as that allows."""
+    have, out, waiting = set(available), [], list(nodes)
+    while waiting:
+        rest = []
+        for n in waiting:
+            if all(i in have for i in n.input):
+                out.append(n)
+                have.update(n.output)
+            else:
+                rest.append(n)
+        if len(rest) == len(waiting):
+            raise InternalError(f"node '{rest[0].name}' reads {[i for i in rest[0].input if i not in have]}, "
+                                "which no node writes")
+        waiting = rest
+    return out
 
 
 def _cleanup(tmp: Path) -> None:
@@ -148,8 +277,11 @@ def fuse_hardswish(model: onnx.ModelProto) -> int:
 
 
 def inc_quantize_qdq(src: Path, dst: Path, nodes: Iterable[str], calib: Sequence[np.ndarray],
-                     reduce_range: bool, input_name: str = INPUT_NAME, calibrate_method: str = "minmax") -> None:
-    """Quantize ``nodes`` of ``src`` to INT8 QDQ with Intel Neural Compressor and write ``dst``."""
+                     reduce_range: bool, input_name: str = INPUT_NAME, calibrate_method: str = "minmax",
+                     narrow: Collection[str] = ()) -> int:
+    """Quantize ``nodes`` of ``src`` to INT8 QDQ with Intel Neural Compressor and write ``dst``; its residual
+    Adds as ``requantize_adds`` says (``narrow``: layers whose activations a later pass narrows). Returns how
+    many Adds run quantized."""
     import onnxruntime as ort
 
     try:
@@ -173,16 +305,17 @@ def inc_quantize_qdq(src: Path, dst: Path, nodes: Iterable[str], calib: Sequence
     try:
         _optimize_for_inc(src, opt)
         quantize(str(opt), str(tmp), cfg, optimization_level=ort.GraphOptimizationLevel.ORT_DISABLE_ALL)
-        _restore_names(tmp, dst, nodes)
-        if reduce_range:  # INC's static quantizer does not apply it to the weights itself
-            _reduce_range_file(dst, src)
+        # INC's static quantizer does not apply reduce_range to the weights itself
+        return _finish(tmp, dst, nodes, src if reduce_range else None, narrow)
     finally:
         _cleanup(tmp)
 
 
 def ort_quantize_qdq(src: Path, dst: Path, nodes: Iterable[str], calib: Sequence[np.ndarray],
-                     reduce_range: bool, input_name: str = INPUT_NAME, calibrate_method: str = "minmax") -> None:
-    """Quantize ``nodes`` of ``src`` to INT8 QDQ with ONNX Runtime's quantizer and write ``dst``."""
+                     reduce_range: bool, input_name: str = INPUT_NAME, calibrate_method: str = "minmax",
+                     narrow: Collection[str] = ()) -> int:
+    """Quantize ``nodes`` of ``src`` to INT8 QDQ with ONNX Runtime's quantizer and write ``dst``, as
+    ``inc_quantize_qdq`` does."""
     from onnxruntime.quantization import CalibrationDataReader, quantize_static
 
     nodes = list(nodes)
@@ -195,9 +328,8 @@ def ort_quantize_qdq(src: Path, dst: Path, nodes: Iterable[str], calib: Sequence
             weight_type=QuantType.QInt8, nodes_to_quantize=nodes, calibrate_method=method,
             extra_options={"ActivationSymmetric": False, "WeightSymmetric": True},
         )
-        _restore_names(tmp, dst, nodes)
-        if reduce_range:  # ORT's reduced range is +-64; the simulation's (and INC's here) +-63
-            _reduce_range_file(dst, src)
+        # ORT's reduced range is +-64; the simulation's (and INC's here) +-63
+        return _finish(tmp, dst, nodes, src if reduce_range else None, narrow)
     finally:
         _cleanup(tmp)
 
@@ -212,12 +344,6 @@ def quantized_nodes(model: onnx.ModelProto) -> set[str]:
             if p is not None and p.op_type == "DequantizeLinear":
                 out.add(n.name)
     return out
-
-
-def _reduce_range_file(dst: Path, float_path: Path) -> None:
-    model = onnx.load(str(dst))
-    if reduce_weight_range(model, float_path):
-        atomic_write_bytes(dst, model.SerializeToString())
 
 
 def reduce_weight_range(model: onnx.ModelProto, float_path: Path) -> int:
@@ -286,8 +412,10 @@ class StaticPtq(Pass):
         filename: WorkFileName = Field("quant.onnx", description="file written in the work folder")
 
     @abstractmethod
-    def quantize(self, src: Path, dst: Path, nodes: list[str], calib: list[np.ndarray], reduce_range: bool) -> None:
-        """Quantize ``nodes`` of ``src`` into ``dst`` (QDQ, node names kept)."""
+    def quantize(self, src: Path, dst: Path, nodes: list[str], calib: list[np.ndarray], reduce_range: bool,
+                 narrow: list[str]) -> int:
+        """Quantize ``nodes`` of ``src`` into ``dst`` (QDQ, node names kept, ``requantize_adds`` with
+        ``narrow``); return how many Adds run quantized."""
 
     def run(self, model: OnnxModel, ctx: PassContext) -> OnnxModel:
         data = ctx.need("data", self.name)
@@ -312,7 +440,8 @@ class StaticPtq(Pass):
             # the same batches the search's simulated quantization calibrates on, so the two agree
             batches = [b.numpy() for b in calibration_batches(data, self.config.calibration_batches,
                                                               self.config.calibration_batch_size, ctx.seed)]
-            self.quantize(model.path, dst, nodes, batches, reduce_range)
+            adds = self.quantize(model.path, dst, nodes, batches, reduce_range, narrow_acts)
+            ctx.results["quantization"]["quantized_adds"] = adds
         else:
             atomic_write_bytes(dst, model.path.read_bytes())
         out = onnx.load(str(dst))
@@ -329,8 +458,9 @@ class IncStaticPtq(StaticPtq):
 
     engine = "onnx-neural-compressor"
 
-    def quantize(self, src, dst, nodes, calib, reduce_range):
-        inc_quantize_qdq(src, dst, nodes, calib, reduce_range, calibrate_method=self.config.calibrate_method)
+    def quantize(self, src, dst, nodes, calib, reduce_range, narrow):
+        return inc_quantize_qdq(src, dst, nodes, calib, reduce_range, calibrate_method=self.config.calibrate_method,
+                                narrow=narrow)
 
 
 class OrtStaticPtq(StaticPtq):
@@ -338,5 +468,6 @@ class OrtStaticPtq(StaticPtq):
 
     engine = "onnxruntime"
 
-    def quantize(self, src, dst, nodes, calib, reduce_range):
-        ort_quantize_qdq(src, dst, nodes, calib, reduce_range, calibrate_method=self.config.calibrate_method)
+    def quantize(self, src, dst, nodes, calib, reduce_range, narrow):
+        return ort_quantize_qdq(src, dst, nodes, calib, reduce_range, calibrate_method=self.config.calibrate_method,
+                                narrow=narrow)

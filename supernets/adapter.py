@@ -22,6 +22,7 @@ is refused by name, with the module that computes it. A project names the adapte
 
 from __future__ import annotations
 
+import operator
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -33,7 +34,7 @@ from torch import nn
 
 from bitnas.errors import ConfigError, UnknownLayerError, UserError
 from bitnas.space import FLOAT_BITS, Bits, Candidate, Gene, LayerSpec, SearchSpace
-from bitnas.supernets.static import ConvUnit, FcUnit, StaticNet
+from bitnas.supernets.static import AddRequant, ConvUnit, FcUnit, QuantUnit, StaticNet
 
 DEFAULT_BITS: tuple[Bits, ...] = (FLOAT_BITS, (8, 8))
 ENUMERATION_SAMPLES = 64  # random subnets (besides the smallest and largest) whose layers a LUT must hold
@@ -126,7 +127,35 @@ def lift(module: nn.Module, where: str = "extract(candidate)") -> StaticNet:
                 prev = n.args[0]
                 gm.graph.erase_node(n)
                 n = prev
+    _requantized_adds(gm)
     return StaticNet(_flattened(gm)).eval()
+
+
+def _is_add(node: Any) -> bool:
+    return ((node.op == "call_function" and node.target in (operator.add, torch.add))
+            or (node.op == "call_method" and node.target == "add"))
+
+
+def _requantized_adds(gm: Any) -> None:
+    """After each Add (or its Relu) that units read directly, an ``AddRequant`` of those readers: the
+    quantization the compiler gives that Add's output where they are quantized convolutions."""
+    for node in list(gm.graph.nodes):
+        if not _is_add(node):
+            continue
+        modules = dict(gm.named_modules())
+        tail, nxt = node, _only_user(node)
+        if nxt is not None and _activation(nxt, modules) == "relu":
+            tail = nxt
+        readers = [modules[u.target] for u in tail.users
+                   if u.op == "call_module" and isinstance(modules[u.target], QuantUnit)]
+        if not readers:
+            continue
+        target = f"{tail.name}_requant"
+        gm.add_submodule(target, AddRequant(readers))
+        with gm.graph.inserting_after(tail):
+            requant = gm.graph.call_module(target, (tail,))
+        tail.replace_all_uses_with(requant, delete_user_cb=lambda user, r=requant: user is not r)
+    gm.recompile()
 
 
 def _flattened(gm: Any) -> Any:

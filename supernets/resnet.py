@@ -19,7 +19,7 @@ from torch import nn
 from bitnas.space import FLOAT_BITS, Bits, Candidate, LayerSpec, SearchSpace
 from bitnas.supernets.mbv2 import ElasticConv
 from bitnas.supernets.paper_spaces import INT8_OR_FLOAT, resnet_genes
-from bitnas.supernets.static import ConvUnit, LinearUnit, StaticNet, leading_inputs
+from bitnas.supernets.static import AddRequant, ConvUnit, LinearUnit, QuantUnit, StaticNet, leading_inputs
 
 
 @dataclass(frozen=True)
@@ -88,10 +88,14 @@ class Bottleneck(nn.Module):
     def __init__(self, conv1: ConvUnit, conv2: ConvUnit, conv3: ConvUnit, shortcut: nn.Module | None):
         super().__init__()
         self.conv1, self.conv2, self.conv3, self.shortcut = conv1, conv2, conv3, shortcut
+        self.requant = AddRequant()
+
+    def input_readers(self) -> list[QuantUnit]:
+        return [self.conv1] + ([self.shortcut] if isinstance(self.shortcut, QuantUnit) else [])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.conv3(self.conv2(self.conv1(x)))
-        return F.relu(y + (self.shortcut(x) if self.shortcut is not None else x))
+        return self.requant(F.relu(y + (self.shortcut(x) if self.shortcut is not None else x)))
 
 
 class StemResidual(nn.Module):
@@ -100,9 +104,13 @@ class StemResidual(nn.Module):
     def __init__(self, conv: ConvUnit):
         super().__init__()
         self.conv = conv
+        self.requant = AddRequant()
+
+    def input_readers(self) -> list[QuantUnit]:
+        return [self.conv]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x + self.conv(x)
+        return self.requant(x + self.conv(x))
 
 
 class ResNetSupernet(nn.Module):

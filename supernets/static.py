@@ -175,6 +175,43 @@ class Pool(nn.Module):
         return F.avg_pool2d(x, self.kernel, self.stride, p, count_include_pad=False)
 
 
+class AddRequant(nn.Module):
+    """The quantization the compiler gives a residual Add's output (or its Relu's, ResNet's Add, Relu)
+    where quantized convolutions read it: once, with their input range, for every reader, the skip path
+    into the next Add included (``inc_ptq.requantize_adds``), so the runtime runs the Add as an integer
+    kernel. ``readers`` are the units that read that output directly; it applies when at least one of them
+    is quantized and every quantized one is a convolution with 8-bit activations (the compiler leaves an Add
+    whose readers' activations are narrower float, as ``SubByteActivations`` gives those layers ranges of
+    their own). They are held by reference, not as submodules."""
+
+    def __init__(self, readers: Iterable[QuantUnit] = ()):
+        super().__init__()
+        self.link(readers)
+
+    def link(self, readers: Iterable[QuantUnit]) -> None:
+        self.__dict__["_readers"] = tuple(readers)
+
+    def quantizer(self) -> ActQuant | None:
+        quantized = [u for u in self.__dict__["_readers"] if u.in_q is not None]
+        if not quantized or any(not isinstance(u, ConvUnit) or u.a_bits != 8 for u in quantized):
+            return None
+        return quantized[0].in_q
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        aq = self.quantizer()
+        return aq(x) if aq is not None else x
+
+
+def input_readers(m: nn.Module) -> list[QuantUnit]:
+    """The units of body step ``m`` that read its input as it is (no pool or reshape before them)."""
+    if isinstance(m, (LinearUnit, TokenLinearUnit)):
+        return []
+    if isinstance(m, QuantUnit):
+        return [m]
+    readers = getattr(m, "input_readers", None)
+    return list(readers()) if callable(readers) else []
+
+
 class InvertedResidual(nn.Module):
     """Expand (none at expansion 1), depthwise, optional squeeze-excite, project, optional residual add:
     a MobileNetV2 or MobileNetV3 block."""
@@ -183,13 +220,17 @@ class InvertedResidual(nn.Module):
                  se: SE | None = None):
         super().__init__()
         self.expand, self.dw, self.se, self.project, self.residual = expand, dw, se, project, residual
+        self.requant = AddRequant() if residual else None
+
+    def input_readers(self) -> list[QuantUnit]:
+        return [self.expand if self.expand is not None else self.dw]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.dw(self.expand(x) if self.expand is not None else x)
         if self.se is not None:
             y = self.se(y)
         y = self.project(y)
-        return x + y if self.residual else y
+        return self.requant(x + y) if self.residual else y
 
 
 class StaticNet(nn.Module):
@@ -198,6 +239,11 @@ class StaticNet(nn.Module):
     def __init__(self, body: Iterable[nn.Module] | nn.Module):
         super().__init__()
         self.body = body if isinstance(body, nn.Module) else nn.Sequential(*body)
+        if isinstance(self.body, nn.Sequential):  # a step ending in an Add is read by the next step
+            steps = list(self.body)
+            for m, nxt in zip(steps, steps[1:]):
+                if isinstance(getattr(m, "requant", None), AddRequant):
+                    m.requant.link(input_readers(nxt))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.body(x)

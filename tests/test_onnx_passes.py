@@ -468,3 +468,111 @@ def test_compact_model_keeps_io_names_that_look_like_short_names(tmp_path):
     x = np.array([-1.0, 2.0], np.float32)
     sess = ort.InferenceSession(str(dst), providers=["CPUExecutionProvider"])
     np.testing.assert_array_equal(sess.run(None, {"t1": x})[0], -np.maximum(x, 0))
+
+
+# ------------------------------------------------------------------------------------------ residual Adds
+def write_residual_qdq(path, relu_zero: int = 0) -> None:
+    """A QDQ graph as a static quantizer writes it for three quantized convolutions around residual Adds:
+
+    t = DQ(Q(input)); ra = Relu(DQ(Q(conv a(t))))
+    s1 = Add(t, ra)        -> Q -> DQ -> conv b, and float into Add2
+    s2 = Add(s1, DQ(Q(conv b)));  r2 = Relu(s2)  -> Q -> DQ -> conv c, and float into Add3
+    s3 = Add(r2, DQ(Q(conv c)))  -> GlobalAveragePool -> Flatten -> logits (no quantized reader)
+    """
+    rng = np.random.default_rng(0)
+    inits, nodes = [], []
+
+    def qparams(name, scale, zero):
+        inits.extend([numpy_helper.from_array(np.array(scale, np.float32), f"{name}.s"),
+                      numpy_helper.from_array(np.array(zero, np.uint8), f"{name}.z")])
+        return [f"{name}.s", f"{name}.z"]
+
+    def qdq(x, name, scale, zero=128):
+        p = qparams(name, scale, zero)
+        nodes.extend([helper.make_node("QuantizeLinear", [x, *p], [f"{name}.q"], name=f"{name}.quantize"),
+                      helper.make_node("DequantizeLinear", [f"{name}.q", *p], [f"{name}.dq"], name=f"{name}.dequantize")])
+        return f"{name}.dq"
+
+    def conv(x, name):
+        inits.extend([_init(rng, f"{name}.weight", (2, 2, 3, 3), 0.3), _init(rng, f"{name}.bias", (2,), 0.1)])
+        nodes.append(helper.make_node("Conv", [x, f"{name}.weight", f"{name}.bias"], [f"{name}_out"], name=name,
+                                      pads=[1, 1, 1, 1]))
+        return f"{name}_out"
+
+    t = qdq("input", "t", 0.02)
+    a = qdq(conv(t, "a"), "a_out", 0.02, 0)
+    nodes.append(helper.make_node("Relu", [a], ["ra"], name="relu_a"))
+    nodes.append(helper.make_node("Add", [t, "ra"], ["s1"], name="add1"))
+    b = qdq(conv(qdq("s1", "s1", 0.03), "b"), "b_out", 0.03)
+    nodes.append(helper.make_node("Add", ["s1", b], ["s2"], name="add2"))
+    nodes.append(helper.make_node("Relu", ["s2"], ["r2"], name="relu2"))
+    c = qdq(conv(qdq("r2", "r2", 0.03, relu_zero), "c"), "c_out", 0.03)
+    nodes += [helper.make_node("Add", ["r2", c], ["s3"], name="add3"),
+              helper.make_node("GlobalAveragePool", ["s3"], ["gap"], name="gap"),
+              helper.make_node("Flatten", ["gap"], ["logits"], name="flatten")]
+    graph = helper.make_graph(
+        nodes, "residual", [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 2, 6, 6])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 2])], inits)
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+
+
+def _readers_of(model, tensor):
+    return sorted(n.op_type + ":" + n.name for n in model.graph.node if tensor in n.input)
+
+
+def _producer_of(model, tensor):
+    return next(n for n in model.graph.node if tensor in n.output)
+
+
+def test_requantize_adds_quantizes_the_adds_convolutions_read(tmp_path):
+    from bitnas.passes.inc_ptq import requantize_adds
+
+    write_residual_qdq(tmp_path / "before.onnx")
+    model = onnx.load(str(tmp_path / "before.onnx"))
+    assert requantize_adds(model) == 2
+    onnx.checker.check_model(model)
+    # Add1 writes to its Q alone; its old float reader (Add2) reads a DQ of that Q; it reads conv a's DQ
+    # directly (the Relu after a zero-point-0 DQ changes nothing)
+    assert _readers_of(model, "s1") == ["QuantizeLinear:s1.quantize"]
+    add2 = next(n for n in model.graph.node if n.name == "add2")
+    dq = _producer_of(model, add2.input[0])
+    assert dq.op_type == "DequantizeLinear" and list(dq.input) == ["s1.q", "s1.s", "s1.z"]
+    add1 = next(n for n in model.graph.node if n.name == "add1")
+    assert list(add1.input) == ["t.dq", "a_out.dq"]
+    # Add2, Relu: a Q at the Relu's parameters between them, and Add3 reads a DQ of the Relu's Q
+    assert [n.op_type for n in model.graph.node if "s2" in n.input] == ["QuantizeLinear"]
+    q2 = next(n for n in model.graph.node if "s2" in n.input)
+    assert list(q2.input[1:]) == ["r2.s", "r2.z"]
+    relu2 = next(n for n in model.graph.node if n.name == "relu2")
+    assert _producer_of(model, relu2.input[0]).op_type == "DequantizeLinear"
+    add3 = next(n for n in model.graph.node if n.name == "add3")
+    assert list(_producer_of(model, add3.input[0]).input) == ["r2.q", "r2.s", "r2.z"]
+    # Add3's output only a pooling reads: left float
+    assert _readers_of(model, "s3") == ["GlobalAveragePool:gap"]
+    # ONNX Runtime runs both as QLinearAdd, and the result is the Before graph's within a quantization step
+    path = tmp_path / "after.onnx"
+    onnx.save(model, str(path))
+    so = ort.SessionOptions()
+    so.optimized_model_filepath = str(tmp_path / "opt.onnx")
+    ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+    ops = Counter(n.op_type for n in onnx.load(so.optimized_model_filepath).graph.node)
+    assert ops["QLinearAdd"] == 2 and ops["Add"] == 1, ops
+    x = np.random.default_rng(1).uniform(-1, 1, (4, 2, 6, 6)).astype(np.float32)
+    np.testing.assert_allclose(run_ort(path, x), run_ort(tmp_path / "before.onnx", x), atol=0.05)
+
+
+def test_requantize_adds_leaves_an_add_whose_reader_is_narrower_than_8_bits(tmp_path):
+    from bitnas.passes.inc_ptq import requantize_adds
+
+    write_residual_qdq(tmp_path / "before.onnx")
+    model = onnx.load(str(tmp_path / "before.onnx"))
+    assert requantize_adds(model, narrow={"b"}) == 1  # Add2 (read by c) only
+    assert sorted(_readers_of(model, "s1")) == ["Add:add2", "QuantizeLinear:s1.quantize"]
+
+
+def test_requantize_adds_refuses_a_relu_quantized_off_zero(tmp_path):
+    from bitnas.passes.inc_ptq import requantize_adds
+
+    write_residual_qdq(tmp_path / "before.onnx", relu_zero=3)
+    with pytest.raises(InternalError, match="relu2.*add2"):
+        requantize_adds(onnx.load(str(tmp_path / "before.onnx")))
