@@ -85,8 +85,8 @@ def requantize_adds(model: onnx.ModelProto, narrow: Collection[str] = ()) -> int
     read that float, and the runtimes run the Add and the QuantizeLinear as float ops. Here such an Add
     writes to that QuantizeLinear alone and each of its float readers reads a DequantizeLinear of it, so
     the Add reads DQ outputs and writes to Q: ONNX Runtime's QLinearAdd, an integer Eltwise in OpenVINO.
-    ResNet's Add, Relu gets a QuantizeLinear at the Relu's quantization parameters (its zero point is 0,
-    so it clips as the Relu does) between the two, and the Relu's readers read a DQ of its Q in the same way.
+    In ResNet's Add, Relu the Relu's QuantizeLinear reads the Add and the Relu goes: that Q's zero point is 0,
+    so it clips as the Relu did, and the Relu's other readers read a DQ of it in the same way.
 
     An Add is left as it is unless every quantized reader of its output is a convolution whose activations
     stay at 8 bits (not in ``narrow``, the layers ``SubByteActivations`` gives ranges of their own). The
@@ -165,12 +165,9 @@ def requantize_adds(model: onnx.ModelProto, narrow: Collection[str] = ()) -> int
         if not zero_at_0(rq):
             raise InternalError(f"Relu '{relu.name}' after Add '{n.name}' is quantized with a zero point other "
                                 "than 0")
-        q_out, dq_out = _fresh(f"{y}_q", taken), _fresh(f"{y}_dq", taken)
-        new += [helper.make_node("QuantizeLinear", [y, *rq.input[1:]], [q_out], name=_fresh(f"{y}_quantize", taken)),
-                helper.make_node("DequantizeLinear", [q_out, *rq.input[1:]], [dq_out],
-                                 name=_fresh(f"{y}_dequantize", taken))]
-        relu.input[0] = dq_out
+        rq.input[0] = y  # its zero point at 0 clips as the Relu did
         read_dq(relu.output[0], rq, new)
+        g.node.remove(relu)
         read_dq_inputs(n)
         done += 1
     if new:
