@@ -73,6 +73,13 @@ class CompositeUnit(nn.Module):
     def probs(self) -> tuple[torch.Tensor, torch.Tensor]:
         return F.softmax(self.alpha, 0), F.softmax(self.beta, 0)
 
+    def activation_probs(self) -> dict[int, torch.Tensor]:
+        """Activation bits -> the selector's probability (what an ``AddRequant`` reading this unit weighs)."""
+        return dict(zip(self.a_bits, F.softmax(self.beta, 0)))
+
+    def input_quantizer(self, bits: int) -> nn.Module:
+        return self.in_q[self.a_bits.index(bits)]
+
     def expected_bits(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(E[b_w], E[b_a]) of eq. 13."""
         pa, pb = self.probs()
@@ -251,7 +258,7 @@ class EdmipsSearcher(HistorySearcher):
         """The composite network of ``arch`` (a copy; the supernet is only read) and its layers."""
         from bitnas.supernets.evaluate import calibration_batches, prepare_subnet
         from bitnas.supernets.quant import set_calibrating
-        from bitnas.supernets.static import QuantUnit, fold_bn
+        from bitnas.supernets.static import AddRequant, QuantUnit, fold_bn
 
         base = self.space.make(dict(arch))
         calib = calibration_batches(self.data, self.calib_batches, self.batch, self.seed)
@@ -263,6 +270,10 @@ class EdmipsSearcher(HistorySearcher):
                     comp = CompositeUnit(child, self.space.gene(child.layer_name).options, self.reduce_range)
                     setattr(parent, name, comp)
                     units.append(comp)
+        composite = {id(u.unit): u for u in units}
+        for m in net.modules():  # a residual Add's quantization reads the composites now
+            if isinstance(m, AddRequant):
+                m.link([composite.get(id(u), u) for u in m.__dict__["_readers"]])
         order = [s.name for s in self.supernet.layers(base)]
         units.sort(key=lambda u: order.index(u.unit.layer_name))
         set_calibrating(net, True)

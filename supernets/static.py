@@ -198,8 +198,27 @@ class AddRequant(nn.Module):
         return quantized[0].in_q
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        readers = self.__dict__["_readers"]
+        if readers and all(hasattr(u, "activation_probs") for u in readers):
+            return self._expected(x, readers)
         aq = self.quantizer()
         return aq(x) if aq is not None else x
+
+    @staticmethod
+    def _expected(x: torch.Tensor, readers) -> torch.Tensor:
+        """The rule in expectation over readers that mix bit options (EdMIPS's composite units, each with
+        ``activation_probs()``: activation bits -> probability, and ``input_quantizer(bits)``): quantized at 8
+        bits with the probability that some reader runs 8-bit activations and none narrower ones. Equal to
+        ``forward`` on the selected units when every selector is one-hot."""
+        if not all(isinstance(u.unit, ConvUnit) for u in readers):
+            return x
+        probs = [u.activation_probs() for u in readers]
+        if not all(8 in p for p in probs):
+            return x
+        at_8_or_float = torch.stack([p[8] + p.get(32, 0.0) for p in probs]).prod()
+        float_only = torch.stack([torch.as_tensor(p.get(32, 0.0)) for p in probs]).prod()
+        apply = at_8_or_float - float_only
+        return apply * readers[0].input_quantizer(8)(x) + (1 - apply) * x
 
 
 def input_readers(m: nn.Module) -> list[QuantUnit]:
