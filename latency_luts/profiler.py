@@ -367,6 +367,7 @@ def write_unit_model(specs: Sequence[LayerSpec], folder: Path, reduce_range: boo
     if not quantized:
         return fp32
     rr = "_rr" if reduce_range else ""
+    rr += "_qadd"  # the quantized residual output (quantized_residual_output): not an older cache's file
     q = folder / f"{stem}_{_bits_tag(specs)}{rr}.onnx"
     if q.exists():
         return q
@@ -380,12 +381,90 @@ def write_unit_model(specs: Sequence[LayerSpec], folder: Path, reduce_range: boo
         src = q8.with_name(q8.name + ".src.onnx")
         try:
             policy_qdq(_named_for_inc(fp32, src), q8, dict.fromkeys(nodes, (8, 8)), calib, reduce_range)
+            model = onnx.load(str(q8))
+            if quantized_residual_output(model):
+                onnx.checker.check_model(model)
+                onnx.save(model, str(q8))
         finally:
             src.unlink(missing_ok=True)
     if q8 == q:
         return q
     narrow_file(q8, q, fp32, {nodes[k]: specs[i].w_bits for k, i in enumerate(quantized) if specs[i].w_bits < 8})
     return q
+
+
+def quantized_residual_output(model: onnx.ModelProto) -> bool:
+    """Give a quantized unit that ends in a residual Add (or Add, Relu) the Add the compiler emits where the
+    next layer is an 8-bit convolution (``inc_ptq.requantize_adds``), in place; return whether it did.
+
+    In an artifact that Add reads DQ outputs (its conv's, and the block input's, which the previous Add wrote
+    to a QuantizeLinear) and writes to a QuantizeLinear, the Relu after it folded into that Q's zero point of
+    0: ONNX Runtime's QLinearAdd. Here the unit's input (or the constant that stands for it in a lone layer)
+    is read through a DequantizeLinear, and the unit's output through a QuantizeLinear and DequantizeLinear, at
+    parameters taken from the graph (latency does not depend on them). A unit whose last conv or first layer
+    is float is left as it is.
+    """
+    g = model.graph
+    producers = {o: n for n in g.node for o in n.output}
+    inits = {t.name: t for t in g.initializer}
+    last = producers.get(OUTPUT_NAME)  # the unit's Identity, unless the optimizer dropped it
+    if last is not None and last.op_type == "Identity":
+        last = producers.get(last.input[0])
+    relu = last if last is not None and last.op_type == "Relu" else None
+    add = producers.get(relu.input[0]) if relu is not None else last
+    if add is None or add.op_type != "Add":
+        return False
+
+    def dq_of(name: str) -> onnx.NodeProto | None:
+        """The DequantizeLinear that ``name`` is, or that a Relu computing it reads at zero point 0."""
+        n = producers.get(name)
+        if n is not None and n.op_type == "Relu":
+            n = producers.get(n.input[0])
+            zero = inits.get(n.input[2]) if n is not None and len(n.input) > 2 else None
+            if zero is None or numpy_helper.to_array(zero).any():
+                return None
+        return n if n is not None and n.op_type == "DequantizeLinear" else None
+
+    dqs = [dq_of(i) for i in add.input]
+    conv_dq = next((d for d in dqs if d is not None), None)
+    q_in = next((n for n in g.node if n.op_type == "QuantizeLinear" and n.input[0] == INPUT_NAME), None)
+    if conv_dq is None or q_in is None:
+        return False
+    dq_in = next(n for n in g.node if n.op_type == "DequantizeLinear" and n.input[0] == q_in.output[0])
+    added: list[onnx.NodeProto] = []
+    for k, name in enumerate(add.input):
+        if dqs[k] is not None:
+            add.input[k] = dqs[k].output[0]
+        elif name == INPUT_NAME:
+            add.input[k] = dq_in.output[0]
+        elif name in inits:  # a lone layer's stand-in for the block input: stored as UINT8 codes
+            value = numpy_helper.to_array(inits[name])
+            scale = float(np.abs(value).max()) / 127 or 1.0
+            codes = np.clip(np.round(value / scale) + 128, 0, 255).astype(np.uint8)
+            g.initializer.extend([numpy_helper.from_array(codes, f"{name}_codes"),
+                                  numpy_helper.from_array(np.array(scale, np.float32), f"{name}_scale"),
+                                  numpy_helper.from_array(np.array(128, np.uint8), f"{name}_zero")])
+            added.append(helper.make_node("DequantizeLinear", [f"{name}_codes", f"{name}_scale", f"{name}_zero"],
+                                          [f"{name}_dq"], name=f"{name}_dequantize"))
+            add.input[k] = f"{name}_dq"
+        else:
+            return False
+    final = (relu if relu is not None else add).output[0]
+    scale, zero, total = conv_dq.input[1], f"{add.name}_out_zero", f"{add.name}_sum"
+    g.initializer.append(numpy_helper.from_array(np.array(0 if relu is not None else 128, np.uint8), zero))
+    add.output[0] = total
+    added += [helper.make_node("QuantizeLinear", [total, scale, zero], [f"{add.name}_out_q"],
+                               name=f"{add.name}_out_quantize"),
+              helper.make_node("DequantizeLinear", [f"{add.name}_out_q", scale, zero], [final],
+                               name=f"{add.name}_out_dequantize")]
+    if relu is not None:  # the Q's zero point of 0 clips as it did
+        g.node.remove(relu)
+    from bitnas.passes.inc_ptq import topological
+
+    nodes = topological(list(g.node) + added, {i.name for i in g.input} | {t.name for t in g.initializer} | {""})
+    del g.node[:]
+    g.node.extend(nodes)
+    return True
 
 
 def _named_for_inc(src: Path, dst: Path) -> Path:
