@@ -367,7 +367,7 @@ def write_unit_model(specs: Sequence[LayerSpec], folder: Path, reduce_range: boo
     if not quantized:
         return fp32
     rr = "_rr" if reduce_range else ""
-    rr += "_qadd"  # the quantized residual output (quantized_residual_output): not an older cache's file
+    stem += "-qadd"  # quantized models end as quantized_residual_output says: not an older cache's files
     q = folder / f"{stem}_{_bits_tag(specs)}{rr}.onnx"
     if q.exists():
         return q
