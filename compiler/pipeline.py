@@ -51,6 +51,9 @@ class Pass(ABC):
 
     Config: ClassVar[type[BaseModel]] = StrictModel
     cacheable: ClassVar[bool] = True
+    # part of the cache key: raised when the pass writes something else for the same input and config, so a
+    # run folder's cache from before does not serve the old output
+    revision: ClassVar[int] = 1
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -75,7 +78,8 @@ class Pass(ABC):
         """Transform ``model`` and return the result."""
 
     def cache_key(self, input_digest: str, ctx: PassContext) -> str:
-        return digest(self.name, self.config.model_dump(mode="json"), input_digest, ctx.env, ctx.seed, ctx.target)
+        return digest(self.name, self.revision, self.config.model_dump(mode="json"), input_digest, ctx.env, ctx.seed,
+                      ctx.target)
 
 
 def _snapshot(results: dict[str, Any]) -> dict[str, str]:

@@ -400,6 +400,7 @@ class StaticPtq(Pass):
 
     engine: str = ""
     registered = False
+    revision = 2  # 2: residual Adds quantized (requantize_adds)
 
     class Config(StrictModel):
         calibration_batches: int = Field(4, ge=1, description="training batches used for calibration")

@@ -55,7 +55,7 @@ def _pipeline(qaft_lr=1e-3):
                        IncStaticPtq(), Verify(backends=("ort",), **FAST_VERIFY), Package()])
 
 
-def test_rerun_with_only_qaft_changed_reruns_qaft_and_what_follows(trained, digits, tmp_path):
+def test_rerun_with_only_qaft_changed_reruns_qaft_and_what_follows(trained, digits, tmp_path, monkeypatch):
     cand = trained.space.smallest(policy_bits=(8, 8))
     cache = PassCache(tmp_path / "cache")
 
@@ -72,6 +72,11 @@ def test_rerun_with_only_qaft_changed_reruns_qaft_and_what_follows(trained, digi
     changed, _ = run(2e-3)
     assert changed["ExtractSubnet"] and changed["RecalibrateBn"]
     assert not any(changed[k] for k in ("Qaft", "ExportOnnx", "AssignBitwidths", "IncStaticPtq", "Verify"))
+    # a pass that now writes something else for the same input (a new revision) is not served its old output
+    monkeypatch.setattr(IncStaticPtq, "revision", IncStaticPtq.revision + 1)
+    revised, _ = run(2e-3)
+    assert all(revised[k] for k in ("ExtractSubnet", "RecalibrateBn", "Qaft", "ExportOnnx", "AssignBitwidths"))
+    assert not revised["IncStaticPtq"]  # (it writes the same file here, so Verify's cached result still holds)
 
 
 def test_qaft_returns_a_float_net_with_tuned_weights(trained, digits, tmp_path):
