@@ -269,3 +269,34 @@ def test_preprocess_record_reproduces_the_data_sets_arrays_from_raw_images():
     np.testing.assert_allclose(pre.apply(raw_val[3]), data.x_val[3:4], atol=1e-5)  # one (H,W) image
     with pytest.raises(Exception, match="malformed 'preprocess'"):
         Preprocess.from_dict({"raw_scale": 16}, "manifest.json")
+
+
+def test_a_users_residual_adds_run_quantized_and_the_simulation_quantizes_them_too(tmp_path):
+    """The user's ``x + y`` (traced, not a bitnas block): an all-INT8 artifact runs each Add a conv reads as
+    ONNX Runtime's QLinearAdd, and agrees with the lifted net's simulated quantization, which quantizes it so."""
+    import onnx
+
+    from bitnas.passes import AssignBitwidths, ExportOnnx, ExtractSubnet, IncStaticPtq, RecalibrateBn, Verify
+    from bitnas.pipeline import PassContext, Sequential
+    from bitnas.supernets.data import load_digits
+    from bitnas.supernets.static import AddRequant
+
+    torch.manual_seed(0)
+    data = load_digits(image_size=16)
+    user = plainnet.PlainSupernet()
+    plainnet.train_sandwich(user, data.x_train, data.y_train, epochs=2)
+    net = _adapted(user.eval())
+    c = net.space.largest()
+    cand = net.space.make(c.arch_dict, {g.name: (8, 8) for g in net.space.policy_genes})
+    lifted = net.extract(cand)
+    requants = [m for m in lifted.modules() if isinstance(m, AddRequant)]
+    # each stage's second block adds its input: stage 0's sum is read by stage 1's first conv (quantized),
+    # stage 1's by the pooling (left float)
+    assert [[u.layer_name for u in m.__dict__["_readers"]] for m in requants] == [["stages.1.0.conv1"]]
+    ctx = PassContext(workdir=tmp_path, inputs={"supernet": net, "data": data})
+    out = Sequential([ExtractSubnet(), RecalibrateBn(), ExportOnnx(), AssignBitwidths(), IncStaticPtq(),
+                      Verify(backends=("ort",), repeats=10, warmup=1, rounds=1)]).run(cand, ctx)
+    assert ctx.results["quantization"]["quantized_adds"] == 1
+    assert sum(n.op_type == "Add" for n in onnx.load(str(out.path)).graph.node) == 2
+    m = ctx.results["measured"]["ort"]
+    assert m["top1_agreement_vs_fakequant"] >= 0.99 and m["mean_abs_logit_error_vs_fakequant"] < 0.02, m
