@@ -188,6 +188,41 @@ def widen_int4(model: onnx.ModelProto) -> onnx.ModelProto:
     return out
 
 
+# ops whose output, when every input is a constant, is folded before TVM imports a model: the exporter's
+# shape arithmetic (the pads of ``F.pad`` arrive as such a chain, and TVM's frontend takes only constant pads)
+_FOLDABLE = frozenset({"Constant", "ConstantOfShape", "Concat", "Reshape", "Slice", "Transpose", "Cast",
+                       "Unsqueeze", "Squeeze", "Gather", "Range"})
+
+
+def fold_constant_chains(model: onnx.ModelProto) -> int:
+    """Replace, in place, each node of ``_FOLDABLE`` whose inputs are all constants by an initializer of its
+    output, repeatedly; return how many nodes went. Quantization nodes are never folded."""
+    from onnx.reference import ReferenceEvaluator
+
+    g = model.graph
+    consts = {t.name: numpy_helper.to_array(t) for t in g.initializer}
+    folded, changed = 0, True
+    while changed:
+        changed = False
+        for node in list(g.node):
+            if node.op_type not in _FOLDABLE or not all(i in consts for i in node.input if i):
+                continue
+            inputs = [i for i in node.input if i]
+            sub = onnx.helper.make_model(
+                onnx.helper.make_graph([node], "fold", [onnx.helper.make_tensor_value_info(
+                    i, onnx.helper.np_dtype_to_tensor_dtype(consts[i].dtype), consts[i].shape) for i in inputs],
+                    [onnx.helper.make_tensor_value_info(o, onnx.TensorProto.UNDEFINED, None) for o in node.output]),
+                opset_imports=model.opset_import)
+            values = ReferenceEvaluator(sub).run(None, {i: consts[i] for i in inputs})
+            for name, value in zip(node.output, values):
+                consts[name] = np.asarray(value)
+                g.initializer.append(numpy_helper.from_array(consts[name], name))
+            g.node.remove(node)
+            folded += 1
+            changed = True
+    return folded
+
+
 def _casts_to_float(node: onnx.NodeProto) -> bool:
     return node.op_type == "Cast" and any(a.name == "to" and a.i == TensorProto.FLOAT for a in node.attribute)
 
@@ -239,6 +274,7 @@ class TvmBackend(Backend):
                     f"{onnx_path}: TVM's ONNX frontend cannot import 4-bit tensor types (INT4/UINT4), used "
                     f"by '{four[0]}' (only 4-bit weights read by DequantizeLinear are widened to INT8 for "
                     f"it); run this model on 'ort' or 'openvino'")
+        fold_constant_chains(model)
         names = input_names(model)
         inits = {t.name for t in model.graph.initializer}
         declared = {vi.name: [d.dim_value if d.dim_value > 0 else 1 for d in vi.type.tensor_type.shape.dim]

@@ -169,3 +169,41 @@ def test_a_slow_round_does_not_move_the_paired_ratio():
     assert busy.iqr < 0.1  # the rounds agree, apart from the busy ones
     with pytest.raises(ValueError, match="same number"):
         PairedRatio.of(a, b[:3])
+
+
+def test_tvm_folds_the_exporters_constant_pads_and_keeps_quantized_weights(tmp_path):
+    """``F.pad`` exports its pads as a chain of constant ops, which TVM's frontend refuses ("dynamic pads"); the
+    TVM backend folds such chains first. A weight's DequantizeLinear is never folded: TVM runs what ships."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from bitnas.backends.tvm import fold_constant_chains
+
+    pads = [helper.make_node("Constant", [], ["half"], value=numpy_helper.from_array(np.array([0, 1], np.int64))),
+            helper.make_node("ConstantOfShape", ["two"], ["zeros"],
+                             value=numpy_helper.from_array(np.array([0], np.int64))),
+            helper.make_node("Concat", ["half", "zeros"], ["pads4"], axis=0),
+            helper.make_node("Reshape", ["pads4", "shape2x2"], ["pads22"]),
+            helper.make_node("Transpose", ["pads22"], ["padsT"], perm=[1, 0]),
+            helper.make_node("Reshape", ["padsT", "shape4"], ["pads"])]
+    nodes = pads + [
+        helper.make_node("Pad", ["x", "pads"], ["padded"]),
+        helper.make_node("DequantizeLinear", ["wq", "ws"], ["w"]),
+        helper.make_node("MatMul", ["padded", "w"], ["y"])]
+    inits = [numpy_helper.from_array(np.array([2], np.int64), "two"),
+             numpy_helper.from_array(np.array([2, 2], np.int64), "shape2x2"),
+             numpy_helper.from_array(np.array([4], np.int64), "shape4"),
+             numpy_helper.from_array(np.arange(12, dtype=np.int8).reshape(3, 4), "wq"),
+             numpy_helper.from_array(np.array(0.1, np.float32), "ws")]
+    graph = helper.make_graph(nodes, "pads", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [3, 3])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4, 4])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    path = tmp_path / "pads.onnx"
+    onnx.save(model, str(path))
+    folded = onnx.load(str(path))
+    assert fold_constant_chains(folded) == len(pads)
+    assert [n.op_type for n in folded.graph.node] == ["Pad", "DequantizeLinear", "MatMul"]
+    x = np.arange(9, dtype=np.float32).reshape(3, 3)
+    want = get_backend("ort").run(path, {"x": x})[0]
+    # (TVM's MatMul of the dequantized weight rounds its own way, within 0.2% here)
+    np.testing.assert_allclose(get_backend("tvm").run(path, {"x": x})[0], want, rtol=5e-3)
