@@ -13,6 +13,26 @@ from bitnas.errors import ArtifactError
 from bitnas.onnxio import load_onnx
 
 
+def kernel_counts(path: str | Path) -> dict[str, int]:
+    """How many nodes of each op ONNX Runtime's CPU provider runs for the model at ``path`` after all its graph
+    optimizations (1 thread), most frequent first: which Q/DQ patterns became integer kernels (QLinear*)."""
+    import tempfile
+    from collections import Counter
+
+    import onnx
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    so.intra_op_num_threads = 1
+    so.log_severity_level = 3
+    with tempfile.TemporaryDirectory() as tmp:
+        so.optimized_model_filepath = str(Path(tmp) / "optimized.onnx")
+        ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+        ops = Counter(n.op_type for n in onnx.load(so.optimized_model_filepath).graph.node)
+    return dict(ops.most_common())
+
+
 @register
 class OrtBackend(Backend):
     name = "ort"

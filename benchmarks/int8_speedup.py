@@ -38,6 +38,7 @@ import torch
 
 from bitnas.api import TARGETS
 from bitnas.backends import interleaved_timing
+from bitnas.backends.ort import kernel_counts
 from bitnas.fingerprint import device_fingerprint
 from bitnas.io import atomic_write_json
 from bitnas.passes import AssignBitwidths, ExportOnnx, IncStaticPtq
@@ -217,21 +218,6 @@ def _nncf_quantize(fp32: Path, dst: Path, calib: list[np.ndarray]) -> None:
     onnx.save(q, str(dst))
 
 
-def _ort_kernels(path: Path) -> dict[str, int]:
-    """Op counts of the graph ONNX Runtime runs (ORT_ENABLE_ALL, 1 thread): which nodes became QLinear*."""
-    import onnxruntime as ort
-
-    so = ort.SessionOptions()
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    so.intra_op_num_threads = 1
-    so.log_severity_level = 3
-    with tempfile.TemporaryDirectory() as tmp:
-        so.optimized_model_filepath = str(Path(tmp) / "opt.onnx")
-        ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
-        m = onnx.load(so.optimized_model_filepath)
-    return dict(Counter(n.op_type for n in m.graph.node).most_common())
-
-
 def _file_ops(path: Path) -> dict[str, int]:
     m = onnx.load(str(path), load_external_data=False)
     c = Counter(n.op_type for n in m.graph.node)
@@ -368,7 +354,7 @@ def run_spaces(args) -> None:
                          "macs": int(sum(s.macs for s in layers)), "build_s": round(build_s, 1),
                          "quantization": quant_info, "graphs": {}}
                 for name, p in paths.items():
-                    info = {"file_ops": _file_ops(p), "ort_kernels": _ort_kernels(p)}
+                    info = {"file_ops": _file_ops(p), "ort_kernels": kernel_counts(p)}
                     if "openvino-f32" in backends:
                         info["openvino_f32_nodes"] = _ov_precisions(backends["openvino-f32"], p)
                     if name != "fp32":

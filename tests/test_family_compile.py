@@ -5,6 +5,7 @@ import onnx
 import pytest
 import torch
 
+from bitnas.backends.ort import kernel_counts
 from bitnas.passes import AssignBitwidths, ExportOnnx, ExtractSubnet, IncStaticPtq, RecalibrateBn, Verify
 from bitnas.passes.inc_ptq import quantized_nodes
 from bitnas.pipeline import PassContext, Sequential
@@ -85,20 +86,6 @@ def test_layers_match_the_exported_graph_of_random_candidates(family):
         check_layers(net, c)
 
 
-def _ort_kernels(path, tmp_path) -> dict[str, int]:
-    """How many nodes of each op ONNX Runtime's CPU provider runs after its optimizations."""
-    import onnxruntime as ort
-
-    so = ort.SessionOptions()
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    so.optimized_model_filepath = str(tmp_path / "ort_optimized.onnx")
-    ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
-    ops: dict[str, int] = {}
-    for n in onnx.load(so.optimized_model_filepath).graph.node:
-        ops[n.op_type] = ops.get(n.op_type, 0) + 1
-    return ops
-
-
 def test_an_int8_subnet_runs_its_residual_adds_as_integer_kernels(family, tmp_path):
     """Every layer INT8: each residual Add that convolutions read is quantized (ONNX Runtime's QLinearAdd), the
     simulation quantizes it so too, and the three runtimes agree with it."""
@@ -112,7 +99,7 @@ def test_an_int8_subnet_runs_its_residual_adds_as_integer_kernels(family, tmp_pa
     out = pipeline.run(cand, ctx)
     adds = sum(n.op_type == "Add" for n in onnx.load(str(out.path)).graph.node)
     quantized = ctx.results["quantization"]["quantized_adds"]
-    kernels = _ort_kernels(out.path, tmp_path)
+    kernels = kernel_counts(out.path)
     if name == "vit":  # its Adds feed LayerNorms, which run in float
         assert quantized == 0 and "QLinearAdd" not in kernels
     else:
