@@ -7,6 +7,7 @@ import pytest
 import yaml
 
 from bitnas.api import FAMILIES
+from bitnas.backends.ort import kernel_counts
 from bitnas.cli import main
 from tests.conftest import cli_train_to_artifact, quick_compile_passes
 
@@ -37,7 +38,7 @@ def test_family_end_to_end_through_the_cli(family, tmp_path, capsys):
     cfg = yaml.safe_load((run / "project.yaml").read_text())
     cfg["train"].update({"epochs": 4, "n_random": 1})
     cfg["search"].update({"searcher": "random", "budget": 5, "pop_size": 5, "calib_batches": 2})
-    cfg["compile"]["passes"] = quick_compile_passes(["ort", "openvino"], 20)
+    cfg["compile"]["passes"] = quick_compile_passes(["ort", "openvino", "tvm"], 20)  # the CPU targets' three
     (run / "project.yaml").write_text(yaml.safe_dump(cfg))
     # the most accurate front member, not the knee: the knee moves with the LUT's timings of this run, and a
     # 0.9-accuracy net has near-ties a runtime may flip (4 of 360 once on OpenVINO); this pick is the same in
@@ -46,7 +47,11 @@ def test_family_end_to_end_through_the_cli(family, tmp_path, capsys):
     capsys.readouterr()
     assert man["family"] == {"name": family, "space": space}
     assert any(b[0] == 8 for b in man["candidate"]["policy"].values()), "the knee has no INT8 layer"
-    for b in ("ort", "openvino"):
+    for b in ("ort", "openvino", "tvm"):
         assert man["measured"][b]["top1_agreement_vs_fakequant"] >= 0.99, (b, man["measured"][b])
+    # the manifest says how many residual Adds were quantized; ONNX Runtime runs those whose inputs are both
+    # quantized as integer adds (in a mixed INT8/FP32 subnet an Add with a float input stays a float Add)
+    kernels = kernel_counts(art / "model.onnx")
+    assert 0 <= kernels.get("QLinearAdd", 0) <= man["quantization"]["quantized_adds"], (man["quantization"], kernels)
     assert main(["verify", str(art)]) == 0
     assert main(["gate", "--baseline", str(art / "manifest.json"), "--current", str(art / "manifest.json")]) == 0
