@@ -88,9 +88,11 @@ def requantize_adds(model: onnx.ModelProto, narrow: Collection[str] = ()) -> int
     In ResNet's Add, Relu the Relu's QuantizeLinear reads the Add and the Relu goes: that Q's zero point is 0,
     so it clips as the Relu did, and the Relu's other readers read a DQ of it in the same way.
 
-    An Add is left as it is unless every quantized reader of its output is a convolution whose activations
-    stay at 8 bits (not in ``narrow``, the layers ``SubByteActivations`` gives ranges of their own). The
-    simulated quantization (``supernets.static.AddRequant``) applies the same rule.
+    An Add is left as it is unless both its inputs are DequantizeLinear outputs (a float input, such as a
+    float layer's output, keeps it a float op, and quantizing its output would only add error) and every
+    quantized reader of its output is a convolution whose activations stay at 8 bits (not in ``narrow``, the
+    layers ``SubByteActivations`` gives ranges of their own). The simulated quantization
+    (``supernets.static.AddRequant``) applies the same rule.
     """
     from onnx import helper, numpy_helper
 
@@ -110,14 +112,20 @@ def requantize_adds(model: onnx.ModelProto, narrow: Collection[str] = ()) -> int
         zero = inits.get(q.input[2]) if len(q.input) > 2 else None
         return zero is not None and not numpy_helper.to_array(zero).any()
 
-    def read_dq_inputs(add: onnx.NodeProto) -> None:
-        """An input the Add reads as Relu(DQ(x)) with the DQ's zero point at 0 is that DQ's output (the Relu
-        changes nothing there), so the Add reads DQ outputs only."""
-        for k, name in enumerate(add.input):
-            relu = producers.get(name)
-            dq = producers.get(relu.input[0]) if relu is not None and relu.op_type == "Relu" else None
-            if dq is not None and dq.op_type == "DequantizeLinear" and zero_at_0(dq):
-                add.input[k] = dq.output[0]
+    def dq_inputs(add: onnx.NodeProto) -> list[str] | None:
+        """The Add's inputs as DQ outputs, or None where one is not: an input it reads as Relu(DQ(x)) with the
+        DQ's zero point at 0 is that DQ's output (the Relu changes nothing there)."""
+        out = []
+        for name in add.input:
+            p = producers.get(name)
+            if p is not None and p.op_type == "Relu":
+                dq = producers.get(p.input[0])
+                p = dq if dq is not None and dq.op_type == "DequantizeLinear" and zero_at_0(dq) else None
+                name = p.output[0] if p is not None else name
+            if p is None or p.op_type != "DequantizeLinear":
+                return None
+            out.append(name)
+        return out
 
     def the_quantizer(y: str) -> onnx.NodeProto | None:
         """The one QuantizeLinear of ``y`` if every node it feeds is an 8-bit conv's input, else None."""
@@ -141,18 +149,20 @@ def requantize_adds(model: onnx.ModelProto, narrow: Collection[str] = ()) -> int
         out = _fresh(f"{y}_dq", taken)
         new.append(helper.make_node("DequantizeLinear", [q.output[0], *q.input[1:]], [out],
                                     name=_fresh(f"{y}_dequantize", taken)))
+        producers[out] = new[-1]
         for c in others:
             c.input[:] = [out if i == y else i for i in c.input]
 
     done, new = 0, []
-    for n in list(g.node):
-        if n.op_type != "Add" or n.output[0] in outputs:
+    for n in list(g.node):  # in graph order: an Add quantized here makes the next one's skip input a DQ
+        inputs = dq_inputs(n) if n.op_type == "Add" and n.output[0] not in outputs else None
+        if inputs is None:  # a float input: the Add stays a float op however its output is read
             continue
         y = n.output[0]
         q = the_quantizer(y)
         if q is not None:
             read_dq(y, q, new)
-            read_dq_inputs(n)
+            n.input[:] = inputs
             done += 1
             continue
         users = readers.get(y, [])
@@ -168,7 +178,7 @@ def requantize_adds(model: onnx.ModelProto, narrow: Collection[str] = ()) -> int
         rq.input[0] = y  # its zero point at 0 clips as the Relu did
         read_dq(relu.output[0], rq, new)
         g.node.remove(relu)
-        read_dq_inputs(n)
+        n.input[:] = inputs
         done += 1
     if new:
         nodes = topological(list(g.node) + new, {i.name for i in g.input} | set(inits) | {""})

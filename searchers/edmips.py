@@ -273,7 +273,7 @@ class EdmipsSearcher(HistorySearcher):
         composite = {id(u.unit): u for u in units}
         for m in net.modules():  # a residual Add's quantization reads the composites now
             if isinstance(m, AddRequant):
-                m.link([composite.get(id(u), u) for u in m.__dict__["_readers"]])
+                m.relink(composite)
         order = [s.name for s in self.supernet.layers(base)]
         units.sort(key=lambda u: order.index(u.unit.layer_name))
         set_calibrating(net, True)

@@ -150,8 +150,9 @@ def _requantized_adds(gm: Any) -> None:
                    if u.op == "call_module" and isinstance(modules[u.target], QuantUnit)]
         if not readers:
             continue
+        sources = [modules[a.target] if getattr(a, "op", None) == "call_module" else None for a in node.args[:2]]
         target = f"{tail.name}_requant"
-        gm.add_submodule(target, AddRequant(readers))
+        gm.add_submodule(target, AddRequant(readers, sources))
         with gm.graph.inserting_after(tail):
             requant = gm.graph.call_module(target, (tail,))
         tail.replace_all_uses_with(requant, delete_user_cb=lambda user, r=requant: user is not r)

@@ -19,7 +19,16 @@ from torch import nn
 from bitnas.space import FLOAT_BITS, Bits, Candidate, LayerSpec, SearchSpace
 from bitnas.supernets.mbv2 import ElasticConv
 from bitnas.supernets.paper_spaces import INT8_OR_FLOAT, resnet_genes
-from bitnas.supernets.static import AddRequant, ConvUnit, LinearUnit, QuantUnit, StaticNet, leading_inputs
+from bitnas.supernets.static import (
+    BLOCK_INPUT,
+    AddRequant,
+    ConvUnit,
+    LinearUnit,
+    QuantUnit,
+    StaticNet,
+    leading_inputs,
+    output_source,
+)
 
 
 @dataclass(frozen=True)
@@ -88,7 +97,7 @@ class Bottleneck(nn.Module):
     def __init__(self, conv1: ConvUnit, conv2: ConvUnit, conv3: ConvUnit, shortcut: nn.Module | None):
         super().__init__()
         self.conv1, self.conv2, self.conv3, self.shortcut = conv1, conv2, conv3, shortcut
-        self.requant = AddRequant()
+        self.requant = AddRequant(sources=(conv3, output_source(shortcut) if shortcut is not None else BLOCK_INPUT))
 
     def input_readers(self) -> list[QuantUnit]:
         return [self.conv1] + ([self.shortcut] if isinstance(self.shortcut, QuantUnit) else [])
@@ -104,7 +113,7 @@ class StemResidual(nn.Module):
     def __init__(self, conv: ConvUnit):
         super().__init__()
         self.conv = conv
-        self.requant = AddRequant()
+        self.requant = AddRequant(sources=(conv, BLOCK_INPUT))
 
     def input_readers(self) -> list[QuantUnit]:
         return [self.conv]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Iterable, Mapping
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -175,21 +176,39 @@ class Pool(nn.Module):
         return F.avg_pool2d(x, self.kernel, self.stride, p, count_include_pad=False)
 
 
+# what stands, in an ``AddRequant``'s sources, for the input of the block it belongs to
+BLOCK_INPUT = "block input"
+
+
 class AddRequant(nn.Module):
     """The quantization the compiler gives a residual Add's output (or its Relu's, ResNet's Add, Relu)
     where quantized convolutions read it: once, with their input range, for every reader, the skip path
     into the next Add included (``inc_ptq.requantize_adds``), so the runtime runs the Add as an integer
-    kernel. ``readers`` are the units that read that output directly; it applies when at least one of them
-    is quantized and every quantized one is a convolution with 8-bit activations (the compiler leaves an Add
-    whose readers' activations are narrower float, as ``SubByteActivations`` gives those layers ranges of
-    their own). They are held by reference, not as submodules."""
+    kernel. ``readers`` are the units that read that output directly, ``sources`` what writes the Add's
+    inputs (units, the ``AddRequant`` of an earlier Add, ``None`` for anything else, ``BLOCK_INPUT`` until
+    ``StaticNet`` links the step before the block). It applies when every source's output is quantized as
+    the graph's DequantizeLinear (``output_quantized``), at least one reader is quantized and every
+    quantized one is a convolution with 8-bit activations (the compiler leaves an Add whose readers'
+    activations are narrower float, as ``SubByteActivations`` gives those layers ranges of their own).
+    Readers and sources are held by reference, not as submodules."""
 
-    def __init__(self, readers: Iterable[QuantUnit] = ()):
+    def __init__(self, readers: Iterable[QuantUnit] = (), sources: Iterable[Any] = ()):
         super().__init__()
-        self.link(readers)
+        self.link(readers, sources)
 
-    def link(self, readers: Iterable[QuantUnit]) -> None:
-        self.__dict__["_readers"] = tuple(readers)
+    def link(self, readers: Iterable[Any] | None = None, sources: Iterable[Any] | None = None,
+             block_input: Any = BLOCK_INPUT) -> None:
+        """Set the readers and/or the sources; ``block_input`` stands in for ``BLOCK_INPUT`` among them."""
+        if readers is not None:
+            self.__dict__["_readers"] = tuple(readers)
+        if sources is not None:
+            self.__dict__["_sources"] = tuple(sources)
+        self.__dict__["_sources"] = tuple(block_input if s is BLOCK_INPUT else s for s in self.__dict__["_sources"])
+
+    def relink(self, replace: Mapping[int, Any]) -> None:
+        """Readers and sources replaced by ``replace[id(old)]`` where it has them (EdMIPS's composites)."""
+        self.link([replace.get(id(u), u) for u in self.__dict__["_readers"]],
+                  [replace.get(id(s), s) for s in self.__dict__["_sources"]])
 
     def quantizer(self) -> ActQuant | None:
         quantized = [u for u in self.__dict__["_readers"] if u.in_q is not None]
@@ -197,28 +216,68 @@ class AddRequant(nn.Module):
             return None
         return quantized[0].in_q
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def _composite(self) -> bool:
         readers = self.__dict__["_readers"]
-        if readers and all(hasattr(u, "activation_probs") for u in readers):
-            return self._expected(x, readers)
-        aq = self.quantizer()
-        return aq(x) if aq is not None else x
+        return bool(readers) and all(hasattr(u, "activation_probs") for u in readers)
+
+    def applied(self) -> float | torch.Tensor:
+        """1 where this Add runs quantized, 0 where float; over EdMIPS's composites, the probability."""
+        readers = self.__dict__["_readers"]
+        if self._composite():
+            p = self._reader_probability(readers)
+        else:
+            p = 1.0 if self.quantizer() is not None else 0.0
+        for s in self.__dict__["_sources"]:
+            p = p * output_quantized(s)
+        return p
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        p = self.applied()
+        if self._composite():
+            return x if isinstance(p, float) and p == 0.0 else p * self.__dict__["_readers"][0].input_quantizer(8)(x) + (1 - p) * x
+        return self.quantizer()(x) if p else x
 
     @staticmethod
-    def _expected(x: torch.Tensor, readers) -> torch.Tensor:
-        """The rule in expectation over readers that mix bit options (EdMIPS's composite units, each with
-        ``activation_probs()``: activation bits -> probability, and ``input_quantizer(bits)``): quantized at 8
-        bits with the probability that some reader runs 8-bit activations and none narrower ones. Equal to
-        ``forward`` on the selected units when every selector is one-hot."""
+    def _reader_probability(readers) -> float | torch.Tensor:
+        """The readers' rule in expectation over readers that mix bit options (EdMIPS's composite units, each
+        with ``activation_probs()``: activation bits -> probability, and ``input_quantizer(bits)``): the
+        probability that some reader runs 8-bit activations and none narrower ones. Equal to the rule on the
+        selected units when every selector is one-hot."""
         if not all(isinstance(u.unit, ConvUnit) for u in readers):
-            return x
+            return 0.0
         probs = [u.activation_probs() for u in readers]
         if not all(8 in p for p in probs):
-            return x
+            return 0.0
         at_8_or_float = torch.stack([p[8] + p.get(32, 0.0) for p in probs]).prod()
         float_only = torch.stack([torch.as_tensor(p.get(32, 0.0)) for p in probs]).prod()
-        apply = at_8_or_float - float_only
-        return apply * readers[0].input_quantizer(8)(x) + (1 - apply) * x
+        return at_8_or_float - float_only
+
+
+def output_quantized(source: Any) -> float | torch.Tensor:
+    """1 where the compiled graph's Add reads ``source``'s output from a DequantizeLinear, else 0 (a
+    probability for EdMIPS's composite units): a quantized unit whose activation is none or ReLU (its output
+    quantization comes after them; ``requantize_adds`` reads past a ReLU of a zero-point-0 DequantizeLinear),
+    or a quantized earlier Add."""
+    if isinstance(source, AddRequant):
+        return source.applied()
+    unit = getattr(source, "unit", source)
+    if not isinstance(unit, ConvUnit) or unit.act not in ("none", "relu"):
+        return 0.0
+    if hasattr(source, "activation_probs"):
+        return 1 - source.activation_probs().get(32, 0.0)
+    return 1.0 if unit.in_q is not None else 0.0
+
+
+def output_source(m: nn.Module | None) -> Any:
+    """What writes body step ``m``'s output, as an ``AddRequant`` source."""
+    if isinstance(m, nn.Sequential) and len(m):
+        return output_source(m[len(m) - 1])
+    if isinstance(getattr(m, "requant", None), AddRequant):
+        return m.requant
+    if isinstance(m, QuantUnit):
+        return m
+    out = getattr(m, "output_source", None)
+    return out() if callable(out) else None
 
 
 def input_readers(m: nn.Module) -> list[QuantUnit]:
@@ -239,7 +298,10 @@ class InvertedResidual(nn.Module):
                  se: SE | None = None):
         super().__init__()
         self.expand, self.dw, self.se, self.project, self.residual = expand, dw, se, project, residual
-        self.requant = AddRequant() if residual else None
+        self.requant = AddRequant(sources=(project, BLOCK_INPUT)) if residual else None
+
+    def output_source(self) -> QuantUnit:
+        return self.project
 
     def input_readers(self) -> list[QuantUnit]:
         return [self.expand if self.expand is not None else self.dw]
@@ -260,9 +322,9 @@ class StaticNet(nn.Module):
         self.body = body if isinstance(body, nn.Module) else nn.Sequential(*body)
         if isinstance(self.body, nn.Sequential):  # a step ending in an Add is read by the next step
             steps = list(self.body)
-            for m, nxt in zip(steps, steps[1:]):
+            for prev, m, nxt in zip([None] + steps, steps, steps[1:] + [None]):
                 if isinstance(getattr(m, "requant", None), AddRequant):
-                    m.requant.link(input_readers(nxt))
+                    m.requant.link(input_readers(nxt) if nxt is not None else (), block_input=output_source(prev))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.body(x)

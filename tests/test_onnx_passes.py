@@ -561,8 +561,25 @@ def test_requantize_adds_leaves_an_add_whose_reader_is_narrower_than_8_bits(tmp_
 
     write_residual_qdq(tmp_path / "before.onnx")
     model = onnx.load(str(tmp_path / "before.onnx"))
-    assert requantize_adds(model, narrow={"b"}) == 1  # Add2 (read by c) only
+    assert requantize_adds(model, narrow={"c"}) == 1  # Add1 (read by b) only
+    assert _readers_of(model, "s1") == ["QuantizeLinear:s1.quantize"]
+    assert sorted(_readers_of(model, "s2")) == ["Relu:relu2"]
+
+
+def test_requantize_adds_leaves_an_add_with_a_float_input(tmp_path):
+    """Add1 left float (its reader b is narrower) makes Add2's skip input float: Add2 stays float too, however
+    its output is read, and so does an Add whose other input is a float layer's output."""
+    from bitnas.passes.inc_ptq import requantize_adds
+
+    write_residual_qdq(tmp_path / "before.onnx")
+    model = onnx.load(str(tmp_path / "before.onnx"))
+    assert requantize_adds(model, narrow={"b"}) == 0
     assert sorted(_readers_of(model, "s1")) == ["Add:add2", "QuantizeLinear:s1.quantize"]
+    assert _readers_of(model, "s2") == ["Relu:relu2"]
+    model = onnx.load(str(tmp_path / "before.onnx"))
+    add1 = next(n for n in model.graph.node if n.name == "add1")
+    add1.input[1] = "a_out"  # conv a's float output
+    assert requantize_adds(model) == 0
 
 
 def test_requantize_adds_refuses_a_relu_quantized_off_zero(tmp_path):
