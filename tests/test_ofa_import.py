@@ -176,7 +176,8 @@ def test_an_ofa_checkpoint_goes_through_import_profile_search_compile_verify_gat
                                                                                    one_torch_thread):
     """The user's path: an ofa-built OFAMobileNetV3 w1.0 (random weights, 10 classes), imported, fine-tuned
     for an epoch on digits at 32x32, profiled on ONNX Runtime, searched (arch + INT8/FP32 per layer), compiled,
-    verified on ONNX Runtime, OpenVINO and TVM, and gated."""
+    verified on ONNX Runtime and OpenVINO, and gated (``test_family_cli`` runs the same blocks, SE and h-swish,
+    on TVM too)."""
     import json
 
     import yaml
@@ -214,19 +215,6 @@ def test_an_ofa_checkpoint_goes_through_import_profile_search_compile_verify_gat
         assert man["measured"][b]["top1_agreement_vs_fakequant"] >= 0.95, (b, man["measured"][b])
         assert man["measured"][b]["accuracy"] > 0.5, (b, man["measured"][b])
     assert main(["verify", str(art), "--backend", "ort"]) == 0  # checksums, then a run
-    # TVM runs the artifact to ONNX Runtime's logits (one TVM build, ~15 s for any subnet of this space; the
-    # inputs run one at a time, so a part of the val split)
-    from bitnas.project import Project
-    from tests.conftest import assert_same_top1
-
-    x = tmp_path / "val.npy"
-    np.save(x, Project.load(run).data().x_val[:120])
-    logits = {}
-    for backend in ("ort", "tvm"):
-        capsys.readouterr()
-        assert main(["run", str(art), "--backend", backend, "--input", str(x), "--logits"]) == 0
-        logits[backend] = np.array(json.loads(capsys.readouterr().out)["logits"])
-    assert_same_top1(logits["ort"], logits["tvm"], "tvm", max_flipped=0.1)  # a 0.8-accuracy model: near-ties
     assert main(["gate", "--baseline", str(art / "manifest.json"), "--current", str(art / "manifest.json")]) == 0
 
 
