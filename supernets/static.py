@@ -233,9 +233,10 @@ class AddRequant(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         p = self.applied()
-        if self._composite():
-            return x if isinstance(p, float) and p == 0.0 else p * self.__dict__["_readers"][0].input_quantizer(8)(x) + (1 - p) * x
-        return self.quantizer()(x) if p else x
+        if isinstance(p, float):  # decided: quantized with the readers' input range, or float
+            return self.quantizer()(x) if p else x
+        quantize = self.__dict__["_readers"][0].input_quantizer(8)  # EdMIPS: in expectation
+        return p * quantize(x) + (1 - p) * x
 
     @staticmethod
     def _reader_probability(readers) -> float | torch.Tensor:
